@@ -1,0 +1,208 @@
+"""The `autofeedback` command. Thin: parse flags -> stage config -> lazy import of the stage -> run.
+
+Nothing heavy (torch, diffusers, pandas) is imported here, so `autofeedback --help` is instant.
+Errors a user can fix (InputError) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import GenerateConfig, JudgeConfig, build
+from .errors import InputError
+
+app = typer.Typer(
+    name="autofeedback",
+    help="Align text-to-image diffusion models with AI feedback. Stages read and write Parquet in a run "
+         "directory; every stage resumes where it stopped.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _help(cls, field: str) -> str:
+    return cls.model_fields[field].description or ""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def user_errors(fn):
+    """Turn InputError into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; completed work is saved, re-run to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def generate(
+    run_dir: Path = typer.Option(..., "--out", "--run-dir", "-o", help=_help(GenerateConfig, "run_dir")),
+    model: str = typer.Option(..., "--model", "-m", help=_help(GenerateConfig, "model")),
+    prompts: str = typer.Option(..., "--prompts", "-p", help=_help(GenerateConfig, "prompts")),
+    split: Optional[str] = typer.Option(None, help=_help(GenerateConfig, "split")),
+    limit: Optional[int] = typer.Option(None, help=_help(GenerateConfig, "limit")),
+    images_per_prompt: int = typer.Option(4, "--images-per-prompt", "-n", help=_help(GenerateConfig, "images_per_prompt")),
+    seed: int = typer.Option(0, help=_help(GenerateConfig, "seed")),
+    steps: int = typer.Option(20, help=_help(GenerateConfig, "steps")),
+    guidance: float = typer.Option(4.0, help=_help(GenerateConfig, "guidance")),
+    height: Optional[int] = typer.Option(None, help=_help(GenerateConfig, "height")),
+    width: Optional[int] = typer.Option(None, help=_help(GenerateConfig, "width")),
+    batch_size: int = typer.Option(32, help=_help(GenerateConfig, "batch_size")),
+    device: str = typer.Option("cpu", help=_help(GenerateConfig, "device")),
+    dtype: str = typer.Option("float32", help=_help(GenerateConfig, "dtype")),
+    lora: Optional[str] = typer.Option(None, help=_help(GenerateConfig, "lora")),
+    model_name: Optional[str] = typer.Option(None, help=_help(GenerateConfig, "model_name")),
+    negative_prompt: Optional[str] = typer.Option(None, help=_help(GenerateConfig, "negative_prompt")),
+    flush_every: int = typer.Option(64, help=_help(GenerateConfig, "flush_every")),
+    progress: bool = typer.Option(True, help=_help(GenerateConfig, "progress")),
+):
+    """Prompts -> images (RUN/images.parquet) with any diffusers text-to-image pipeline."""
+    cfg = build(GenerateConfig, "generate", **{k: v for k, v in locals().items()})
+    _quiet_libraries()
+    from . import generate as stage
+
+    s = stage.run(cfg)
+    rate = f", {s['images_per_s']} images/s" if s["images_per_s"] else ""
+    typer.echo(f"generate: {s['new']} new images in {s['seconds']} s{rate} ({s['planned']} planned, "
+               f"{s['skipped']} already there) -> {cfg.run_dir / 'images.parquet'}")
+
+
+@app.command()
+@user_errors
+def judge(
+    run_dir: Path = typer.Argument(..., help=_help(JudgeConfig, "run_dir")),
+    judge: str = typer.Option("shapes", "--judge", "-j", help=_help(JudgeConfig, "judge")),
+    mode: str = typer.Option("pointwise", help=_help(JudgeConfig, "mode")),
+    template: Optional[str] = typer.Option(None, help=_help(JudgeConfig, "template")),
+    limit: Optional[int] = typer.Option(None, help=_help(JudgeConfig, "limit")),
+    both_orders: bool = typer.Option(True, help=_help(JudgeConfig, "both_orders")),
+    pairs_per_prompt: Optional[int] = typer.Option(None, help=_help(JudgeConfig, "pairs_per_prompt")),
+    list_size: int = typer.Option(4, help=_help(JudgeConfig, "list_size")),
+    seed: int = typer.Option(0, help=_help(JudgeConfig, "seed")),
+    base_url: Optional[str] = typer.Option(None, help=_help(JudgeConfig, "base_url")),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help=_help(JudgeConfig, "api_key_env")),
+    concurrency: int = typer.Option(16, help=_help(JudgeConfig, "concurrency")),
+    rpm: Optional[float] = typer.Option(None, help=_help(JudgeConfig, "rpm")),
+    tpm: Optional[float] = typer.Option(None, help=_help(JudgeConfig, "tpm")),
+    timeout: float = typer.Option(60.0, help=_help(JudgeConfig, "timeout")),
+    max_retries: int = typer.Option(3, help=_help(JudgeConfig, "max_retries")),
+    structured: str = typer.Option("auto", help=_help(JudgeConfig, "structured")),
+    temperature: float = typer.Option(0.0, help=_help(JudgeConfig, "temperature")),
+    max_tokens: int = typer.Option(400, help=_help(JudgeConfig, "max_tokens")),
+    max_cost: Optional[float] = typer.Option(None, help=_help(JudgeConfig, "max_cost")),
+    price_input: Optional[float] = typer.Option(None, help=_help(JudgeConfig, "price_input")),
+    price_output: Optional[float] = typer.Option(None, help=_help(JudgeConfig, "price_output")),
+    batch: bool = typer.Option(False, "--batch", help=_help(JudgeConfig, "batch")),
+    detail: Optional[str] = typer.Option(None, help=_help(JudgeConfig, "detail")),
+    image_max_side: Optional[int] = typer.Option(None, help=_help(JudgeConfig, "image_max_side")),
+    image_format: str = typer.Option("png", help=_help(JudgeConfig, "image_format")),
+    jpeg_quality: int = typer.Option(90, help=_help(JudgeConfig, "jpeg_quality")),
+):
+    """Images -> judgments (RUN/judgments.parquet): the shapes checker, or any OpenAI-compatible VLM."""
+    cfg = build(JudgeConfig, "judge", **{k: v for k, v in locals().items()})
+    _quiet_libraries()
+    from . import judge as stage
+
+    typer.echo(stage.format_summary(stage.run(cfg)))
+
+
+@app.command("serve-checker")
+@user_errors
+def serve_checker(
+    port: int = typer.Option(8000, help="port on 127.0.0.1"),
+    latency: float = typer.Option(0.0, help="seconds added to every answer"),
+    fault_rate: list[str] = typer.Option([], help="FAULT=P: answer with this fault with probability P "
+                                                  "(429, 500, hang, reset, bad_body, malformed, refusal, truncated)"),
+    position_bias: float = typer.Option(0.0, help="probability that a pairwise answer is 'A' whatever the images"),
+):
+    """A local OpenAI-protocol server whose 'VLM' is the shapes checker (demos and tests; loopback only)."""
+    from .judges.checker_server import FAULTS, serve
+
+    rates = {}
+    for item in fault_rate:
+        name, _, p = item.partition("=")
+        if name not in FAULTS or not p:
+            raise InputError(f"--fault-rate {item!r}: expected FAULT=P with FAULT one of {', '.join(FAULTS)}")
+        rates[name] = float(p)
+    serve(port=port, latency=latency, rates=rates, position_bias=position_bias)
+
+
+@app.command()
+@user_errors
+def run(
+    pipeline: Path = typer.Argument(..., help="pipeline YAML, e.g. pipelines/shapes.yaml"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="override the pipeline's run_dir"),
+    set_: list[str] = typer.Option([], "--set", help="override a step field: STAGE.FIELD=VALUE (repeatable)"),
+):
+    """Run a pipeline YAML end to end (every stage resumes), then print the alignment table."""
+    _quiet_libraries()
+    from . import run as runner
+
+    runner.run(pipeline, overrides=set_, run_dir=run_dir, echo=typer.echo)
+
+
+from .config import EvalConfig  # noqa: E402  (the eval command's config)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run_dir: Path = typer.Argument(..., help=_help(EvalConfig, "run_dir")),
+    human: Optional[Path] = typer.Option(None, "--human", help=_help(EvalConfig, "human")),
+    judgments: list[Path] = typer.Option([], "--judgments", help=_help(EvalConfig, "judgments")),
+    run_judgments: bool = typer.Option(True, help=_help(EvalConfig, "run_judgments")),
+    map_: list[str] = typer.Option([], "--map", help=_help(EvalConfig, "column_map")),
+    tie_policy: str = typer.Option("half", help=_help(EvalConfig, "tie_policy")),
+    bootstrap: int = typer.Option(2000, help=_help(EvalConfig, "bootstrap")),
+    seed: int = typer.Option(0, help=_help(EvalConfig, "seed")),
+    judge: Optional[str] = typer.Option(None, "--judge", "-j", help=_help(EvalConfig, "judge")),
+    models: Optional[str] = typer.Option(None, help="comma-separated; " + _help(EvalConfig, "models")),
+    split: Optional[str] = typer.Option(None, help=_help(EvalConfig, "split")),
+    min_rater_items: int = typer.Option(10, help=_help(EvalConfig, "min_rater_items")),
+    html: bool = typer.Option(True, help=_help(EvalConfig, "html")),
+    grid: int = typer.Option(8, help=_help(EvalConfig, "grid")),
+):
+    """Agreement of judges with human labels + model before/after -> RUN/report/{metrics.json,report.html}."""
+    column_map = {}
+    for item in map_:
+        target, eq, source = item.partition("=")
+        if not eq or not target.strip() or not source.strip():
+            raise InputError(f"--map {item!r}: expected TARGET=SOURCE, e.g. item_id=image")
+        column_map[target.strip()] = source.strip()
+    cfg = build(EvalConfig, "eval", run_dir=run_dir, human=human, judgments=judgments, run_judgments=run_judgments,
+                column_map=column_map, tie_policy=tie_policy, bootstrap=bootstrap, seed=seed, judge=judge,
+                models=[m.strip() for m in models.split(",") if m.strip()] if models else None, split=split,
+                min_rater_items=min_rater_items, html=html, grid=grid)
+    from . import evaluate as stage
+
+    stage.run(cfg, echo=typer.echo)
+
+
+def main() -> None:  # console-script entry point
+    app(prog_name="autofeedback")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,141 @@
+"""One pydantic model per stage (extra="forbid": a typo in a YAML key is an error, not ignored).
+
+The CLI builds these from flags; `autofeedback run PIPELINE.yaml` builds them from YAML, and
+`--set stage.field=value` overrides a field. Every field has a description: it is the help text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class GenerateConfig(StageConfig):
+    run_dir: Path = Field(description="run directory; images.parquet and prompts.parquet are written here")
+    model: str = Field(description="diffusers text-to-image pipeline: a local folder or a Hub id")
+    prompts: str = Field(description="prompts file (.jsonl/.txt/.csv/.parquet) or a built-in suite (shapes)")
+    split: str | None = Field(None, description="only prompts of this split (e.g. train, heldout)")
+    limit: int | None = Field(None, ge=1, description="only the first N prompts")
+    images_per_prompt: int = Field(4, ge=1, description="images per prompt")
+    seed: int = Field(0, ge=0, description="base seed; each image's seed is derived from it and recorded")
+    steps: int = Field(20, ge=1, description="denoising steps")
+    guidance: float = Field(4.0, ge=0, description="classifier-free guidance scale")
+    height: int | None = Field(None, ge=8, description="image height (default: the model's)")
+    width: int | None = Field(None, ge=8, description="image width (default: the model's)")
+    batch_size: int = Field(32, ge=1, description="images per pipeline call, across prompts")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    lora: str | None = Field(None, description="LoRA weights (a folder or .safetensors) loaded with load_lora_weights")
+    model_name: str | None = Field(None, description="name recorded in the table (default: the model argument)")
+    negative_prompt: str | None = Field(None, description="negative prompt for every image")
+    flush_every: int = Field(64, ge=1, description="write a shard at least every N images (the resume granularity)")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class JudgeConfig(StageConfig):
+    run_dir: Path = Field(description="run directory with images.parquet; judgments.parquet is written here")
+    judge: str = Field("shapes", description="judge backend: shapes (the exact checker) or openai:MODEL "
+                                             "(any OpenAI-compatible server)")
+    mode: Literal["pointwise", "pairwise", "listwise", "caption", "vqa"] = Field(
+        "pointwise", description="pointwise (one image), pairwise (A vs B, both orders), listwise (rank a prompt's "
+                                 "images), caption (describe; similarity to the prompt), vqa (questions from metadata)")
+    template: str | None = Field(None, description="judge template name under prompts/judges/ or a path "
+                                                   "(default per mode, e.g. pointwise_binary.v1; pointwise_score.v1 "
+                                                   "for 1-10 scores)")
+    limit: int | None = Field(None, ge=1, description="judge at most N new requests")
+    # pairing
+    both_orders: bool = Field(True, description="pairwise: ask every pair in both orders (position bias check)")
+    pairs_per_prompt: int | None = Field(None, ge=1, description="pairwise: at most N pairs per prompt")
+    list_size: int = Field(4, ge=2, description="listwise: images per ranking request")
+    seed: int = Field(0, description="seed for pair sampling and the listwise presentation order")
+    # transport
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    concurrency: int = Field(16, ge=1, description="requests in flight at once")
+    rpm: float | None = Field(None, gt=0, description="client-side limit: requests per minute")
+    tpm: float | None = Field(None, gt=0, description="client-side limit: tokens per minute")
+    timeout: float = Field(60.0, gt=0, description="seconds before one HTTP attempt times out")
+    max_retries: int = Field(3, ge=0, description="HTTP retries (the SDK's; honours Retry-After)")
+    structured: Literal["auto", "on", "off"] = Field("auto", description="JSON-schema structured output "
+                                                                         "(auto: on, off if the server rejects it)")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature")
+    max_tokens: int = Field(400, ge=16, description="max output tokens per answer")
+    # cost
+    max_cost: float | None = Field(None, gt=0, description="stop sending once this many USD are spent or reserved")
+    price_input: float | None = Field(None, ge=0, description="USD per 1M input tokens (default: built-in table)")
+    price_output: float | None = Field(None, ge=0, description="USD per 1M output tokens (default: built-in table)")
+    batch: bool = Field(False, description="use the OpenAI Batch API: submit now, collect on a later run")
+    # images
+    detail: Literal["auto", "low", "high"] | None = Field(None, description="image detail sent to the API")
+    image_max_side: int | None = Field(None, ge=8, description="downscale images to at most this many pixels a side")
+    image_format: Literal["png", "jpeg"] = Field("png", description="image encoding sent to the API")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality when image_format=jpeg")
+
+
+class SummaryConfig(StageConfig):
+    group_by: list[str] = Field(["split"], description="prompt columns to group the alignment table by")
+    judge: str | None = Field(None, description="judge whose verdicts are summarized (default: all)")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples for the 95% confidence intervals")
+    seed: int = Field(0, description="bootstrap seed")
+
+
+STEP_CONFIGS: dict[str, type[StageConfig]] = {"generate": GenerateConfig, "judge": JudgeConfig}
+
+
+class PipelineConfig(StageConfig):
+    run_dir: Path = Field(description="run directory of the whole pipeline (relative to base_dir)")
+    base_dir: Path = Field(Path("."), description="relative paths in this file are relative to this folder, "
+                                                  "itself relative to the YAML file")
+    steps: list[dict] = Field(description="stages in order, each {stage_name: {settings}}; run_dir is filled in")
+    summary: SummaryConfig = Field(default_factory=SummaryConfig, description="the alignment table at the end")
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        problems.append(f"{loc}: {err['msg']}{shown}")
+    return f"{where}: " + "; ".join(problems)
+
+
+def build(cls: type[StageConfig], where: str, **values) -> StageConfig:
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, where)) from None
+
+
+class EvalConfig(StageConfig):
+    run_dir: Path = Field(description="run directory; report/metrics.json and report/report.html are written here "
+                                      "(its judgments/images/prompts tables are read when present)")
+    human: Path | None = Field(None, description="human labels (Parquet/CSV/JSONL, long format: item_id, rater, "
+                                                 "score|label|choice, optional category, prompt_id); default: "
+                                                 "RUN/human_labels.parquet if present")
+    judgments: list[Path] = Field(default_factory=list, description="extra judge/metric/reward-model ratings in "
+                                                                    "the same long format (repeatable)")
+    run_judgments: bool = Field(True, description="also evaluate the run's own RUN/judgments.parquet")
+    column_map: dict[str, str] = Field(default_factory=dict, description="use a column under another name, "
+                                       "TARGET=SOURCE, e.g. item_id=image or score=rating (repeatable)")
+    tie_policy: Literal["half", "wrong", "drop", "match"] = Field(
+        "half", description="pairwise accuracy when the judge ties a pair the humans order: half (counts 1/2), "
+                            "wrong (0), drop (leave out); match: ties count and are right only if humans tie too")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over items / prompts) for the 95% CIs")
+    seed: int = Field(0, description="bootstrap and random-baseline seed")
+    judge: str | None = Field(None, description="judge for before/after and the image grids (default: the one "
+                                                "with most pointwise judgments)")
+    models: list[str] | None = Field(None, description="models to compare, baseline first (default: by the age "
+                                                       "of their first image)")
+    split: str | None = Field(None, description="before/after on prompts of this split only (e.g. heldout)")
+    min_rater_items: int = Field(10, ge=2, description="human ceiling: leave out raters with fewer items")
+    html: bool = Field(True, description="write report/report.html")
+    grid: int = Field(8, ge=1, le=64, description="images per grid in the report")

@@ -1,0 +1,223 @@
+"""generate: prompts -> images, with any diffusers text-to-image pipeline.
+
+Reads:   a prompts file or suite (see autofeedback.prompts)
+Writes:  RUN/prompts.parquet   prompt_id, prompt, suite, category, metadata, split
+         RUN/images.parquet    image_id, prompt_id, prompt, model, seed, steps, guidance, height, width,
+                               sampler, lora, image {bytes: PNG, path}, created_at
+Resume:  image_id = hash(model fingerprint, prompt_id, seed, sampler settings, LoRA). Images already in
+         the table are skipped, so a killed run resumes where it stopped and a finished run does nothing.
+         Each image's seed is derived from (base seed, prompt_id, index) and recorded: same seed, same pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+from . import prompts as prompts_mod
+from . import tables
+from .config import GenerateConfig
+from .errors import InputError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def image_seed(base_seed: int, prompt_id: str, index: int) -> int:
+    return int(tables.content_id("seed", base_seed, prompt_id, index), 16) % (2**31 - 1)
+
+
+def model_fingerprint(model: str) -> str:
+    """Identity of a model: for a local folder, its configs and file sizes; for a Hub id, the id.
+
+    Cheap (no hashing of multi-GB weights) and the same on every machine for the same files.
+    """
+    path = Path(model)
+    if not path.exists():
+        return tables.content_id("hub", model)
+    if path.is_file():
+        return tables.content_id("file", path.name, path.stat().st_size, _file_hash(path))
+    parts = []
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and "snapshots" not in p.parts):
+        rel = f.relative_to(path).as_posix()
+        if f.suffix in (".json", ".txt") and f.stat().st_size < 2_000_000:
+            parts.append((rel, _file_hash(f)))
+        else:
+            parts.append((rel, f.stat().st_size))
+    return tables.content_id("dir", parts)
+
+
+def _file_hash(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def check_model_path(model: str) -> None:
+    path = Path(model)
+    if path.exists():
+        if not (path / "model_index.json").exists():
+            raise InputError(f"model {model!r} is not a diffusers pipeline folder (no model_index.json in it)")
+    elif not HUB_ID.match(model) or model.startswith((".", "/", "~")):
+        raise InputError(f"model path not found: {model}")
+
+
+def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora: str | None = None):
+    """A diffusers pipeline on `device`; errors name the model and what went wrong."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    check_model_path(model)
+    torch_dtype = getattr(torch, dtype)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype)
+    except Exception as exc:  # diffusers raises OSError / ValueError / EnvironmentError subclasses
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"could not load diffusers pipeline {model!r}: {first}") from None
+    if lora:
+        if not Path(lora).exists():
+            raise InputError(f"LoRA weights not found: {lora}")
+        try:
+            pipe.load_lora_weights(lora)
+        except Exception as exc:
+            raise InputError(f"could not load LoRA weights {lora!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        pipe.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise InputError(f"device {device!r} is not usable here: {str(exc).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def png_bytes(array) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def plan(cfg: GenerateConfig, prompt_table, fingerprint: str, size: tuple[int, int]) -> list[dict]:
+    """Every image this config asks for, with its seed and content-hash ID."""
+    height, width = size
+    settings = {"steps": cfg.steps, "guidance": cfg.guidance, "height": height, "width": width,
+                "negative_prompt": cfg.negative_prompt}
+    lora_fp = model_fingerprint(cfg.lora) if cfg.lora else None
+    todo = []
+    for row in prompt_table.to_pylist():
+        for i in range(cfg.images_per_prompt):
+            seed = image_seed(cfg.seed, row["prompt_id"], i)
+            todo.append({
+                "image_id": tables.content_id("image", fingerprint, row["prompt_id"], seed, settings, lora_fp),
+                "prompt_id": row["prompt_id"], "prompt": row["prompt"], "seed": seed,
+            })
+    return todo
+
+
+def run(cfg: GenerateConfig) -> dict:
+    """Generate the images `cfg` asks for that the run does not have yet. Returns a summary."""
+    # 1. Check inputs (before anything heavy or any write).
+    prompt_table = prompts_mod.load(cfg.prompts, split=cfg.split, limit=cfg.limit)
+    check_model_path(cfg.model)
+    if cfg.lora and not Path(cfg.lora).exists():
+        raise InputError(f"LoRA weights not found: {cfg.lora}")
+    fingerprint = model_fingerprint(cfg.model)
+    images_path = tables.table_path(cfg.run_dir, "images")
+    prompts_path = tables.table_path(cfg.run_dir, "prompts")
+    size = _model_size(cfg)
+
+    with tables.run_lock(cfg.run_dir):
+        tables.clean_temp(images_path)
+        # 2. What is left to do.
+        planned = plan(cfg, prompt_table, fingerprint, size)
+        done = tables.read_keys(images_path, "images")
+        todo = [t for t in planned if t["image_id"] not in done]
+        known_prompts = tables.read_keys(prompts_path, "prompts")
+        tables.append(prompts_path, [r for r in prompt_table.to_pylist() if r["prompt_id"] not in known_prompts],
+                      "prompts")
+        summary = {"planned": len(planned), "skipped": len(planned) - len(todo), "new": 0,
+                   "seconds": 0.0, "images_per_s": None}
+        if not todo:
+            return summary
+        # 3. Load the pipeline.
+        pipe = load_pipeline(cfg.model, cfg.device, cfg.dtype, cfg.lora)
+        sampler = type(pipe.scheduler).__name__
+        # 4. Generate in batches across prompts; write a shard every `flush_every` images.
+        t0 = time.perf_counter()
+        pending: list[dict] = []
+        bar = _progress(len(todo), cfg.progress)
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            arrays = generate_batch(pipe, batch, cfg, size)
+            created = tables.now()
+            for item, arr in zip(batch, arrays):
+                pending.append({
+                    **item, "model": cfg.model_name or cfg.model, "steps": cfg.steps, "guidance": cfg.guidance,
+                    "height": int(arr.shape[0]), "width": int(arr.shape[1]), "sampler": sampler,
+                    "lora": cfg.lora, "image": {"bytes": png_bytes(arr), "path": f"{item['image_id']}.png"},
+                    "created_at": created,
+                })
+            bar.update(len(batch))
+            if len(pending) >= cfg.flush_every:
+                tables.append(images_path, pending, "images")
+                summary["new"] += len(pending)
+                pending = []
+        tables.append(images_path, pending, "images")
+        summary["new"] += len(pending)
+        bar.close()
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        summary["images_per_s"] = round(summary["new"] / max(summary["seconds"], 1e-9), 2)
+        tables.compact(images_path, "images")
+    return summary
+
+
+def generate_batch(pipe, batch: list[dict], cfg: GenerateConfig, size: tuple[int, int]):
+    """One pipeline call for a batch of (prompt, seed) items; uint8 HxWx3 arrays out."""
+    import numpy as np
+    import torch
+
+    device = torch.device(cfg.device)
+    gen_device = "cpu" if device.type == "mps" else device
+    generators = [torch.Generator(gen_device).manual_seed(item["seed"]) for item in batch]
+    height, width = size
+    out = pipe(
+        prompt=[item["prompt"] for item in batch],
+        negative_prompt=[cfg.negative_prompt] * len(batch) if cfg.negative_prompt else None,
+        num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, generator=generators,
+        height=height, width=width, output_type="np",
+    )
+    return list((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
+
+
+def _model_size(cfg: GenerateConfig) -> tuple[int, int]:
+    """Output size without loading the model: from the flags, or the UNet/VAE configs on disk."""
+    if cfg.height and cfg.width:
+        return cfg.height, cfg.width
+    path = Path(cfg.model)
+    default = None
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        scale = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+        sample = unet["sample_size"]
+        sample = sample[0] if isinstance(sample, list) else sample
+        default = int(sample) * scale
+    except (OSError, KeyError, ValueError, TypeError):
+        default = 512
+    return cfg.height or default, cfg.width or default
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="generate", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,79 @@
+"""The exact checker of the shapes world as a pointwise judge.
+
+label = aligned (all four concepts right), score = fraction of concepts right, answers = one entry
+per concept (expected vs read off the image). A prompt that is not a shapes-world prompt, or an image
+that doesn't decode, is a row with status=error and the reason, never a guess.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image, UnidentifiedImageError
+
+from ..shapes import checker
+from ..shapes.world import Scene, parse_prompt
+
+TEMPLATE = "shapes-checker-v1"
+
+
+class ShapesJudge:
+    name = "shapes"
+    template = TEMPLATE
+    modes = ("pointwise",)
+
+    params: dict = {}
+
+    def __init__(self, arg: str | None = None, **_options) -> None:
+        if arg:
+            from ..errors import InputError
+
+            raise InputError(f"the shapes judge takes no argument (got 'shapes:{arg}')")
+        self.identity = f"shapes/{TEMPLATE}"
+
+    def judge(self, units: list[dict], emit) -> None:
+        for unit in units:
+            emit(unit, {"template": TEMPLATE, **self.judge_one(unit)})
+
+    def judge_one(self, request: dict) -> dict:
+        row = {"status": "ok", "error": None}
+        try:
+            scene = scene_of(request["prompt"], request.get("metadata") or {})
+        except (ValueError, TypeError, KeyError) as exc:
+            return {"status": "error", "error": f"not a shapes-world prompt: {exc}"}
+        try:
+            image = Image.open(io.BytesIO(request["images"][0])).convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            return {"status": "error", "error": f"image does not decode: {exc}"}
+        verdict = checker.check(image, scene)
+        observed = verdict.observed()
+        expected = scene.metadata()
+        answers = [
+            {"question": c, "expected": str(expected[c]), "answer": observed[c], "correct": verdict.correct[c]}
+            for c in checker.CONCEPTS
+        ]
+        wrong = [f"{a['question']} {a['answer']} (wanted {a['expected']})" for a in answers if not a["correct"]]
+        reading = verdict.reading
+        raw = {
+            "background": reading.background,
+            "components": [{"color": c.color, "shape": c.shape, "area": round(c.area, 2),
+                            "fill": round(c.fill, 3), "skew": round(c.skew, 3)} for c in reading.components],
+        }
+        row.update({
+            "template": TEMPLATE,
+            "label": verdict.aligned,
+            "score": verdict.score,
+            "answers": answers,
+            "rationale": "aligned" if not wrong else "wrong: " + "; ".join(wrong),
+            "raw_response": json.dumps(raw),
+            "details": json.dumps({**request.get("details", {}), "readable": reading.readable}),
+        })
+        return row
+
+
+def scene_of(prompt: str, metadata: dict) -> Scene:
+    keys = ("count", "color", "shape", "background")
+    if all(k in metadata for k in keys):
+        return Scene(**{k: metadata[k] for k in keys})
+    return parse_prompt(prompt)

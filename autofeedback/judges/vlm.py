@@ -1,0 +1,599 @@
+"""VLM / ChatGPT-style judges over the OpenAI protocol (OpenAI, Azure, vLLM, SGLang, Ollama...).
+
+    --judge openai:gpt-4o [--base-url URL]      key from $OPENAI_API_KEY (or --api-key-env NAME)
+
+Transport and task are apart: templates (prompts/judges/*.yaml) say what to ask and which answer
+model parses the reply (judges/parsing.py); this module only moves requests.
+
+Reliability, in one place:
+- HTTP retries: only the SDK's (max_retries, honours Retry-After), with an explicit timeout.
+- A reply that arrives but doesn't parse is asked again once (tenacity); then status=parse_error
+  with the raw text. Refusals and truncated replies are recorded as such. Never a default answer.
+- Write-ahead cache (SQLite in the run directory): every reply is stored the moment it arrives,
+  keyed by request_id, before anything else happens. A re-run, or a run resumed after kill -9,
+  never pays for the same request twice. API errors are not cached, so they are retried next run.
+- A concurrency bound, client-side requests/min and tokens/min limits, and a cost budget
+  (--max-cost) that stops sending cleanly: unsent requests become status=budget rows, retried by a
+  later run with a larger budget.
+- --batch: the OpenAI Batch API. Submit (the batch id is persisted in RUN/batches/), and the next
+  invocation polls and collects. Requests waiting in a batch are never submitted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import math
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from ..errors import InputError
+from . import parsing
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE_DIR = REPO / "prompts" / "judges"
+DEFAULT_TEMPLATES = {"pointwise": "pointwise_binary.v1", "pairwise": "pairwise.v1", "listwise": "listwise.v1",
+                     "caption": "caption.v1", "vqa": "vqa.v1"}
+TASK_MODE = {"pointwise_binary": "pointwise", "pointwise_score": "pointwise", "pairwise": "pairwise",
+             "listwise": "listwise", "caption": "caption", "vqa": "vqa"}
+# USD per 1M tokens (input, output). Override with --price-input/--price-output.
+PRICES = {
+    "gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00), "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40), "gpt-5": (1.25, 10.00), "gpt-5-mini": (0.25, 2.00),
+}
+BATCH_DISCOUNT = 0.5
+
+
+# ----------------------------------------------------------------------------------- templates
+class Template:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        raw = path.read_text()
+        try:
+            spec = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(spec, dict) or "task" not in spec or "user" not in spec:
+            raise InputError(f"{path}: a judge template needs 'task' and 'user' keys")
+        if spec["task"] not in parsing.MODELS:
+            raise InputError(f"{path}: unknown task {spec['task']!r}; known: {', '.join(parsing.MODELS)}")
+        self.task: str = spec["task"]
+        self.system: str | None = spec.get("system")
+        self.user: str = spec["user"]
+        import hashlib
+
+        self.hash = hashlib.sha256(raw.encode()).hexdigest()[:8]
+        stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+        self.name = f"{stem}@{self.hash}"
+
+    @classmethod
+    def load(cls, name_or_path: str | None, mode: str) -> "Template":
+        name = name_or_path or DEFAULT_TEMPLATES[mode]
+        path = Path(name)
+        if not path.exists():
+            path = TEMPLATE_DIR / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml")))
+            raise InputError(f"judge template not found: {name_or_path} (built-in: {known})")
+        tpl = cls(path)
+        if TASK_MODE[tpl.task] != mode:
+            raise InputError(f"template {tpl.name} is for mode {TASK_MODE[tpl.task]!r}, not {mode!r}")
+        return tpl
+
+    def render(self, unit: dict) -> str:
+        questions = "\n".join(f"{i}. {q}" for i, (q, _) in enumerate(unit.get("questions") or [], start=1))
+        try:
+            return self.user.format(prompt=unit["prompt"], n_images=len(unit["images"]), questions=questions)
+        except (KeyError, IndexError) as exc:
+            raise InputError(f"{self.path}: unknown placeholder {exc} (use {{prompt}}, {{n_images}}, "
+                             f"{{questions}}; double literal braces)") from None
+
+
+# -------------------------------------------------------------------------------------- images
+def data_url(png: bytes, max_side: int | None = None, fmt: str = "png", quality: int = 90) -> tuple[str, int, int]:
+    """Image bytes -> (data URL with the right MIME type, width, height), resized/re-encoded on request."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png))
+    src_format = (img.format or "PNG").upper()
+    w, h = img.size
+    if (max_side and max(w, h) > max_side) or fmt.upper() not in (src_format, "JPG" if src_format == "JPEG" else ""):
+        img = img.convert("RGB")
+        if max_side and max(w, h) > max_side:
+            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        if fmt.lower() in ("jpeg", "jpg"):
+            img.save(buf, format="JPEG", quality=quality)
+            mime = "image/jpeg"
+        else:
+            img.save(buf, format="PNG")
+            mime = "image/png"
+        data = buf.getvalue()
+        w, h = img.size
+    else:
+        data = png
+        mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}.get(
+            src_format, "image/png")
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}", w, h
+
+
+def image_tokens(w: int, h: int, detail: str | None) -> int:
+    """OpenAI's vision token count for one image (used for estimates and tokens/min limits)."""
+    if detail == "low":
+        return 85
+    scale = min(1.0, 2048 / max(w, h))
+    w, h = w * scale, h * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+# ---------------------------------------------------------------------------------------- cache
+class ResponseCache:
+    """request_id -> the raw replies (JSON), in SQLite (WAL): durable the moment put() returns."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS replies (request_id TEXT PRIMARY KEY, reply TEXT NOT NULL, "
+                        "created_at REAL NOT NULL)")
+
+    def get_many(self, ids: list[str]) -> dict[str, dict]:
+        out = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = f"SELECT request_id, reply FROM replies WHERE request_id IN ({','.join('?' * len(chunk))})"
+            out.update({rid: json.loads(reply) for rid, reply in self.db.execute(q, chunk)})
+        return out
+
+    def put(self, request_id: str, reply: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?)", (request_id, json.dumps(reply), time.time()))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# ---------------------------------------------------------------------------------- limiters
+class RateLimiter:
+    """Client-side requests/min and tokens/min (token buckets), so a run stays under the account's limits."""
+
+    def __init__(self, rpm: float | None, tpm: float | None) -> None:
+        self.rpm, self.tpm = rpm, tpm
+        self.req_tokens = rpm or 0.0
+        self.tok_tokens = tpm or 0.0
+        self.t = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int) -> None:
+        if not self.rpm and not self.tpm:
+            return
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                dt, self.t = now - self.t, now
+                if self.rpm:
+                    self.req_tokens = min(self.rpm, self.req_tokens + dt * self.rpm / 60)
+                if self.tpm:
+                    self.tok_tokens = min(self.tpm, self.tok_tokens + dt * self.tpm / 60)
+                need_t = min(tokens, self.tpm) if self.tpm else 0
+                if (not self.rpm or self.req_tokens >= 1) and (not self.tpm or self.tok_tokens >= need_t):
+                    if self.rpm:
+                        self.req_tokens -= 1
+                    if self.tpm:
+                        self.tok_tokens -= need_t
+                    return
+                waits = []
+                if self.rpm and self.req_tokens < 1:
+                    waits.append((1 - self.req_tokens) * 60 / self.rpm)
+                if self.tpm and self.tok_tokens < need_t:
+                    waits.append((need_t - self.tok_tokens) * 60 / self.tpm)
+                await asyncio.sleep(max(waits))
+
+
+class Budget:
+    """--max-cost: reserve a request's worst-case cost before sending; settle with the real cost."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.exhausted = False
+
+    def reserve(self, amount: float) -> bool:
+        if self.limit is None:
+            return True
+        if self.exhausted or self.spent + self.reserved + amount > self.limit:
+            self.exhausted = True
+            return False
+        self.reserved += amount
+        return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        if self.limit is not None:
+            self.reserved -= reserved
+        self.spent += actual
+
+
+# ---------------------------------------------------------------------------------------- judge
+class OpenAIJudge:
+    """`--judge openai:MODEL`. See the module docstring."""
+
+    name = "openai"
+    modes = ("pointwise", "pairwise", "listwise", "caption", "vqa")
+
+    def __init__(self, model: str | None, cfg=None, run_dir: Path | None = None, **_ignored) -> None:
+        if not model:
+            raise InputError("name the model: --judge openai:MODEL (e.g. openai:gpt-4o)")
+        self.model = model
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir else Path(cfg.run_dir)
+        self.template = Template.load(cfg.template, cfg.mode)
+        self.task = self.template.task
+        self.identity = f"openai:{model}"
+        self.params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "detail": cfg.detail,
+                       "image_max_side": cfg.image_max_side, "image_format": cfg.image_format}
+        pin, pout = PRICES.get(model, (None, None))
+        self.price_in = cfg.price_input if cfg.price_input is not None else pin
+        self.price_out = cfg.price_output if cfg.price_output is not None else pout
+        if cfg.max_cost is not None and (self.price_in is None or self.price_out is None):
+            raise InputError(f"--max-cost needs prices for {model!r}: pass --price-input and --price-output "
+                             f"(USD per 1M tokens)")
+        self.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            if self.base_url and _is_loopback(self.base_url):
+                key = "not-needed-for-a-local-server"
+            else:
+                raise InputError(f"set the API key in the environment variable {cfg.api_key_env} "
+                                 f"(keys are read from the environment only)")
+        self._key = key
+        self.caption_scorer = None
+        self.waiting: set[str] = set()  # request_ids submitted in a batch, not collected yet
+        self.stats = {"sent": 0, "reasked": 0, "cached": 0, "spent_usd": 0.0, "structured": None,
+                      "batch": None}
+
+    # -------------------------------------------------------------- public entry point
+    def judge(self, units: list[dict], emit: Callable[[dict, dict], None]) -> None:
+        cache = ResponseCache(self.run_dir / "cache" / "judge-replies.sqlite")
+        try:
+            cached = cache.get_many([u["request_id"] for u in units])
+            for u in units:
+                if u["request_id"] in cached:
+                    self.stats["cached"] += 1
+                    emit(u, self._row(u, cached[u["request_id"]]))
+            todo = [u for u in units if u["request_id"] not in cached]
+            if self.cfg.batch:
+                self._batch(todo, cache, emit)
+            elif todo:
+                asyncio.run(self._run_all(todo, cache, emit))
+        finally:
+            cache.close()
+
+    # -------------------------------------------------------------- synchronous API path
+    def _client(self):
+        import httpx2
+        import openai
+
+        http = openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency),
+            timeout=self.cfg.timeout)
+        return openai.AsyncOpenAI(api_key=self._key, base_url=self.base_url, max_retries=self.cfg.max_retries,
+                                  timeout=self.cfg.timeout, http_client=http)
+
+    async def _run_all(self, units: list[dict], cache: ResponseCache, emit) -> None:
+        client = self._client()
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+        limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm)
+        budget = Budget(self.cfg.max_cost)
+        structured = {"on": True, "off": False}.get(self.cfg.structured, True)
+        self.stats["structured"] = structured
+        state = {"structured": structured}
+
+        async def one(unit: dict) -> None:
+            messages, est_in = self._messages(unit)
+            reserve = self._cost(est_in, self.cfg.max_tokens) or 0.0
+            if not budget.reserve(reserve):
+                emit(unit, self._status_row(unit, "budget", f"--max-cost {self.cfg.max_cost} reached; not sent"))
+                return
+            actual = 0.0
+            try:
+                async with sem:
+                    if budget.limit is not None and budget.exhausted and budget.spent >= budget.limit:
+                        emit(unit, self._status_row(unit, "budget", "budget exhausted before sending"))
+                        return
+                    await limiter.acquire(est_in + self.cfg.max_tokens)
+                    reply = await self._ask(client, unit, messages, state)
+                cache.put(unit["request_id"], reply)  # write-ahead: durable before anything else
+                actual = sum(a.get("cost_usd") or 0.0 for a in reply["attempts"])
+                emit(unit, self._row(unit, reply))
+            except _APIFailure as exc:
+                emit(unit, self._status_row(unit, "api_error", str(exc), latency=exc.latency))
+            finally:
+                budget.settle(reserve, actual)
+                self.stats["spent_usd"] = round(budget.spent, 6)
+
+        try:
+            await asyncio.gather(*(one(u) for u in units))
+        finally:
+            await client.close()
+
+    async def _ask(self, client, unit: dict, messages: list[dict], state: dict) -> dict:
+        """First attempt + at most one re-ask when the reply doesn't parse (tenacity)."""
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+        attempts: list[dict] = []
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(2), reraise=True,
+                                               retry=retry_if_exception_type(parsing.ParseError)):
+                with attempt:
+                    msgs = messages
+                    if attempts:
+                        self.stats["reasked"] += 1
+                        last = attempts[-1]
+                        msgs = messages + [
+                            {"role": "assistant", "content": last["content"] or ""},
+                            {"role": "user", "content": f"Your answer could not be parsed ({last['parse_error']}). "
+                                                        "Reply with only the JSON object asked for."},
+                        ]
+                    att = await self._send(client, msgs, state)
+                    attempts.append(att)
+                    if att["finish_reason"] == "length" or att["refusal"] or parsing.looks_like_refusal(att["content"]):
+                        break  # truncated / refused: asking again would pay for the same outcome
+                    try:
+                        self._parse(unit, att["content"])
+                    except parsing.ParseError as exc:
+                        att["parse_error"] = str(exc)
+                        raise
+        except parsing.ParseError:
+            pass
+        return {"attempts": attempts, "model": self.model, "template": self.template.name}
+
+    async def _send(self, client, messages: list[dict], state: dict) -> dict:
+        import openai
+
+        kwargs = dict(model=self.model, messages=messages, temperature=self.cfg.temperature,
+                      max_tokens=self.cfg.max_tokens)
+        if state["structured"]:
+            kwargs["response_format"] = parsing.response_format(self.task)
+        t0 = time.perf_counter()
+        self.stats["sent"] += 1
+        try:
+            resp = await client.chat.completions.create(**kwargs)
+        except openai.BadRequestError as exc:
+            if state["structured"] and self.cfg.structured == "auto" and _mentions_response_format(exc):
+                state["structured"] = False  # the server doesn't do structured output: plain text from now on
+                self.stats["structured"] = False
+                return await self._send(client, messages, state)
+            raise _APIFailure(_describe_api_error(exc), time.perf_counter() - t0) from None
+        except openai.APIError as exc:
+            raise _APIFailure(_describe_api_error(exc), time.perf_counter() - t0) from None
+        except (ValueError, json.JSONDecodeError) as exc:  # a body that isn't JSON
+            raise _APIFailure(f"unreadable response: {exc}", time.perf_counter() - t0) from None
+        latency = time.perf_counter() - t0
+        if not getattr(resp, "choices", None):
+            raise _APIFailure("response has no choices", latency)
+        choice = resp.choices[0]
+        usage = resp.usage
+        tin = usage.prompt_tokens if usage else None
+        tout = usage.completion_tokens if usage else None
+        return {"content": choice.message.content, "refusal": getattr(choice.message, "refusal", None),
+                "finish_reason": choice.finish_reason, "input_tokens": tin, "output_tokens": tout,
+                "cost_usd": self._cost(tin, tout), "latency_s": round(latency, 4), "response_id": resp.id}
+
+    # -------------------------------------------------------------- batch API path
+    def _batch(self, units: list[dict], cache: ResponseCache, emit) -> None:
+        import openai
+
+        client = openai.OpenAI(api_key=self._key, base_url=self.base_url, max_retries=self.cfg.max_retries,
+                               timeout=self.cfg.timeout)
+        state_dir = self.run_dir / "batches"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        pending_ids: set[str] = set()
+        by_id = {u["request_id"]: u for u in units}
+        report = {"collected": 0, "pending": 0, "submitted": 0, "batches": []}
+        # 1. Poll the batches this run submitted earlier; collect the finished ones.
+        for path in sorted(state_dir.glob("*.json")):
+            st = json.loads(path.read_text())
+            if st["state"] != "submitted":
+                continue
+            try:
+                batch = client.batches.retrieve(st["batch_id"])
+            except openai.APIError as exc:
+                raise InputError(f"could not poll batch {st['batch_id']}: {_describe_api_error(exc)}") from None
+            report["batches"].append({"id": batch.id, "status": batch.status})
+            if batch.status == "completed" and batch.output_file_id:
+                text = client.files.content(batch.output_file_id).text
+                for line in text.splitlines():
+                    if not line.strip():
+                        continue
+                    item = json.loads(line)
+                    rid = item["custom_id"]
+                    body = (item.get("response") or {}).get("body")
+                    if body and (item.get("response") or {}).get("status_code") == 200:
+                        att = _attempt_from_body(body, self, batch=True)
+                        reply = {"attempts": [att], "model": self.model, "template": self.template.name,
+                                 "batch_id": batch.id}
+                        cache.put(rid, reply)
+                        if rid in by_id:
+                            emit(by_id[rid], self._row(by_id[rid], reply))
+                            report["collected"] += 1
+                st["state"] = "collected"
+                _write_json(path, st)
+            elif batch.status in ("failed", "expired", "cancelled"):
+                st["state"] = batch.status  # its requests become submittable again
+                _write_json(path, st)
+            else:
+                pending_ids.update(st["request_ids"])
+        # 2. Submit what is neither cached, collected nor waiting in a batch.
+        collected = set(cache.get_many(list(by_id)))
+        todo = [u for u in units if u["request_id"] not in pending_ids and u["request_id"] not in collected]
+        report["pending"] = len([u for u in units if u["request_id"] in pending_ids])
+        if todo:
+            lines = []
+            for u in todo:
+                messages, _ = self._messages(u)
+                body = {"model": self.model, "messages": messages, "temperature": self.cfg.temperature,
+                        "max_tokens": self.cfg.max_tokens}
+                if self.cfg.structured != "off":
+                    body["response_format"] = parsing.response_format(self.task)
+                lines.append(json.dumps({"custom_id": u["request_id"], "method": "POST",
+                                         "url": "/v1/chat/completions", "body": body}))
+            data = ("\n".join(lines) + "\n").encode()
+            try:
+                f = client.files.create(file=("autofeedback-batch.jsonl", data), purpose="batch")
+                batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                              completion_window="24h")
+            except openai.APIError as exc:
+                raise InputError(f"could not submit the batch: {_describe_api_error(exc)}") from None
+            _write_json(state_dir / f"{batch.id}.json", {
+                "batch_id": batch.id, "input_file_id": f.id, "state": "submitted", "submitted_at": time.time(),
+                "request_ids": [u["request_id"] for u in todo], "model": self.model, "template": self.template.name})
+            report["submitted"] = len(todo)
+            report["batches"].append({"id": batch.id, "status": batch.status})
+        self.waiting = pending_ids | {u["request_id"] for u in todo}
+        self.stats["batch"] = report
+
+    # -------------------------------------------------------------- messages, rows
+    def _messages(self, unit: dict) -> tuple[list[dict], int]:
+        text = self.template.render(unit)
+        content: list[dict] = [{"type": "text", "text": text}]
+        tokens = len(text) // 4 + 8
+        for img in unit["images"]:
+            url, w, h = data_url(img, self.cfg.image_max_side, self.cfg.image_format, self.cfg.jpeg_quality)
+            part = {"type": "image_url", "image_url": {"url": url}}
+            if self.cfg.detail:
+                part["image_url"]["detail"] = self.cfg.detail
+            content.append(part)
+            tokens += image_tokens(w, h, self.cfg.detail)
+        messages = []
+        if self.template.system:
+            messages.append({"role": "system", "content": self.template.system})
+            tokens += len(self.template.system) // 4
+        messages.append({"role": "user", "content": content})
+        return messages, tokens
+
+    def _cost(self, tin: int | None, tout: int | None, batch: bool = False) -> float | None:
+        if self.price_in is None or self.price_out is None or tin is None or tout is None:
+            return None
+        cost = (tin * self.price_in + tout * self.price_out) / 1e6
+        return round(cost * (BATCH_DISCOUNT if batch else 1.0), 8)
+
+    def _parse(self, unit: dict, content: str | None):
+        return parsing.parse(self.task, content, n_images=len(unit["images"]),
+                             n_questions=len(unit.get("questions") or []) or None)
+
+    def _status_row(self, unit: dict, status: str, error: str, latency: float | None = None) -> dict:
+        return {"status": status, "error": error, "latency_s": latency, "template": self.template.name}
+
+    def _row(self, unit: dict, reply: dict) -> dict:
+        """A judgments row from the (cached) raw replies: parsing is re-run here, offline."""
+        attempts = reply["attempts"]
+        last = attempts[-1] if attempts else {}
+        row = {
+            "template": self.template.name,
+            "raw_response": json.dumps([a.get("content") if a.get("content") is not None else a.get("refusal")
+                                        for a in attempts]),
+            "input_tokens": _sum(a.get("input_tokens") for a in attempts),
+            "output_tokens": _sum(a.get("output_tokens") for a in attempts),
+            "cost_usd": _sum(a.get("cost_usd") for a in attempts),
+            "latency_s": _sum(a.get("latency_s") for a in attempts),
+            "details": json.dumps({**unit.get("details", {}), "attempts": len(attempts),
+                                   **({"batch_id": reply["batch_id"]} if reply.get("batch_id") else {})}),
+        }
+        if not attempts:
+            return {**row, "status": "api_error", "error": "no reply"}
+        if last.get("refusal") or parsing.looks_like_refusal(last.get("content")):
+            return {**row, "status": "refused", "error": last.get("refusal") or "refusal"}
+        if last.get("finish_reason") == "length":
+            return {**row, "status": "truncated", "error": f"answer cut at max_tokens={self.cfg.max_tokens}"}
+        try:
+            ans = self._parse(unit, last.get("content"))
+        except parsing.ParseError as exc:
+            return {**row, "status": "parse_error", "error": str(exc)}
+        return {**row, **self._result(unit, ans), "status": "ok", "error": None}
+
+    def _result(self, unit: dict, ans) -> dict:
+        ids = unit["image_ids"]
+        if self.task == "pointwise_binary":
+            return {"label": ans.aligned, "score": float(ans.aligned), "rationale": ans.rationale}
+        if self.task == "pointwise_score":
+            return {"score": float(ans.score), "rationale": ans.rationale}
+        if self.task == "pairwise":
+            choice = {"A": ids[0], "B": ids[1], "tie": "tie"}[ans.choice]
+            details = {**unit.get("details", {}), "position_choice": ans.choice}
+            return {"choice": choice, "rationale": ans.rationale, "details": json.dumps(details)}
+        if self.task == "listwise":
+            return {"ranking": [ids[p - 1] for p in ans.ranking], "rationale": ans.rationale}
+        if self.task == "caption":
+            score = self._caption_similarity(ans.caption, unit["prompt"])
+            return {"caption": ans.caption, "score": score}
+        # vqa
+        answers = [
+            {"question": q, "expected": e, "answer": a, "correct": parsing.answers_match(e, a)}
+            for (q, e), a in zip(unit["questions"], ans.answers)
+        ]
+        return {"answers": answers, "score": sum(a["correct"] for a in answers) / len(answers),
+                "label": all(a["correct"] for a in answers)}
+
+    def _caption_similarity(self, caption: str, prompt: str) -> float | None:
+        if self.caption_scorer is None:
+            from .captions import CaptionScorer
+
+            self.caption_scorer = CaptionScorer()
+        return self.caption_scorer.similarity(caption, prompt)
+
+
+class _APIFailure(Exception):
+    def __init__(self, message: str, latency: float | None = None) -> None:
+        super().__init__(message)
+        self.latency = latency
+
+
+def _attempt_from_body(body: dict, judge: OpenAIJudge, batch: bool = False) -> dict:
+    choice = (body.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+    usage = body.get("usage") or {}
+    tin, tout = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return {"content": msg.get("content"), "refusal": msg.get("refusal"), "finish_reason": choice.get("finish_reason"),
+            "input_tokens": tin, "output_tokens": tout, "cost_usd": judge._cost(tin, tout, batch=batch),
+            "latency_s": None, "response_id": body.get("id")}
+
+
+def _describe_api_error(exc) -> str:
+    status = getattr(exc, "status_code", None)
+    kind = type(exc).__name__
+    msg = getattr(exc, "message", None) or str(exc)
+    msg = msg.splitlines()[0][:300] if msg else ""
+    return f"{kind}" + (f" {status}" if status else "") + (f": {msg}" if msg else "")
+
+
+def _mentions_response_format(exc) -> bool:
+    text = str(getattr(exc, "message", "") or exc).lower()
+    return "response_format" in text or "json_schema" in text or "structured" in text
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _sum(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) if vals else None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)

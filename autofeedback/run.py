@@ -1,0 +1,115 @@
+"""run: a pipeline YAML (pipelines/*.yaml) chains the stages, then prints the alignment table.
+
+    base_dir: ..                 # relative paths below are relative to this (itself relative to the YAML)
+    run_dir: runs/shapes
+    steps:
+      - generate: {model: data/models/shapes-tiny, prompts: prompts/shapes.jsonl, split: heldout}
+      - judge: {judge: shapes}
+    summary: {group_by: [split]}
+
+Every stage resumes, so re-running a finished pipeline does no new work. `--set generate.steps=10`
+overrides a field of every step of that stage (`--set 0.steps=10` only the first step).
+Writes RUN/report/metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from . import alignment
+from .config import STEP_CONFIGS, PipelineConfig, build
+from .errors import InputError
+
+PATH_FIELDS = ("model", "prompts", "lora")
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None):
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"pipeline file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping with run_dir and steps")
+    pipe = build(PipelineConfig, str(path), **raw)
+    base = (path.parent / pipe.base_dir).resolve()
+    steps: list[tuple[str, dict]] = []
+    for i, step in enumerate(pipe.steps):
+        if not isinstance(step, dict) or len(step) != 1:
+            raise InputError(f"{path}: steps[{i}] must be a mapping with one stage name, got {step!r}")
+        (name, settings), = step.items()
+        if name not in STEP_CONFIGS:
+            raise InputError(f"{path}: steps[{i}]: unknown stage {name!r}; known: {', '.join(STEP_CONFIGS)}")
+        steps.append((name, dict(settings or {})))
+    for item in overrides or []:
+        _apply_override(steps, item)
+    final_run_dir = Path(run_dir) if run_dir is not None else _resolve(base, pipe.run_dir, must_exist=False)
+    configs = []
+    for i, (name, settings) in enumerate(steps):
+        for key in PATH_FIELDS:
+            if isinstance(settings.get(key), str):
+                settings[key] = str(_resolve(base, Path(settings[key]), must_exist=True))
+        settings["run_dir"] = final_run_dir
+        configs.append((name, build(STEP_CONFIGS[name], f"{path}: steps[{i}] ({name})", **settings)))
+    return pipe, final_run_dir, configs
+
+
+def _resolve(base: Path, value: Path, must_exist: bool) -> Path:
+    if value.is_absolute():
+        return value
+    candidate = base / value
+    if not must_exist or candidate.exists():
+        return candidate
+    return value  # a built-in suite name or a Hub id
+
+
+def _apply_override(steps: list[tuple[str, dict]], item: str) -> None:
+    target, eq, value = item.partition("=")
+    stage, dot, field = target.partition(".")
+    if not eq or not dot or not field:
+        raise InputError(f"--set {item!r}: expected STAGE.FIELD=VALUE (or INDEX.FIELD=VALUE)")
+    parsed = yaml.safe_load(value) if value else None
+    hit = False
+    for i, (name, settings) in enumerate(steps):
+        if stage == name or stage == str(i):
+            settings[field] = parsed
+            hit = True
+    if not hit:
+        raise InputError(f"--set {item!r}: no step named {stage!r} in the pipeline")
+
+
+def run(path: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None,
+        echo=print) -> dict:
+    pipe, run_dir, configs = load_pipeline(path, overrides, run_dir)
+    t_start = time.perf_counter()
+    stage_summaries = []
+    for i, (name, cfg) in enumerate(configs):
+        t0 = time.perf_counter()
+        if name == "generate":
+            from . import generate as stage
+        else:
+            from . import judge as stage
+        summary = stage.run(cfg)
+        summary["seconds_total"] = round(time.perf_counter() - t0, 2)
+        stage_summaries.append({"step": i, "stage": name, **summary})
+        echo(f"[{i}] {name}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    summary = alignment.summarize(run_dir, pipe.summary.group_by, pipe.summary.judge,
+                                  pipe.summary.bootstrap, pipe.summary.seed)
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {"pipeline": str(path), "run_dir": str(run_dir), "alignment": summary, "stages": stage_summaries,
+               "seconds": round(time.perf_counter() - t_start, 2)}
+    tmp = report_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    tmp.replace(report_dir / "metrics.json")
+    echo("")
+    echo(f"prompt alignment by the {', '.join(summary['judges'])} judge:")
+    echo(alignment.format_table(summary))
+    echo(f"\nwrote {report_dir / 'metrics.json'}")
+    return metrics

@@ -1,0 +1,316 @@
+"""Every Parquet table of a run: schemas, content-hash IDs, validated reads, atomic append-only writes.
+
+A run directory holds one table per stage. A table is a folder of Parquet shards, named like a file
+(`images.parquet/part-*.parquet`) so that pandas, pyarrow and `datasets` read it as one table:
+
+    pd.read_parquet("runs/x/images.parquet")
+
+Writes never modify a shard: each append writes a new shard to a temporary name and renames it into
+place, so a killed process leaves either the whole shard or nothing. Reads keep one row per key, the
+newest by created_at: a crash between writing a compacted shard and deleting the old ones leaves
+duplicates that nobody sees, and a retried request's row supersedes its api_error row. A single-file Parquet table is read the same way, so users' own files work too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError
+
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # the Hugging Face `Image` layout
+ANSWER = pa.struct([
+    ("question", pa.string()), ("expected", pa.string()), ("answer", pa.string()), ("correct", pa.bool_()),
+])
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # One row per text-to-image prompt. metadata is a JSON object (counts, colors, questions...).
+    "prompts": pa.schema([
+        ("prompt_id", pa.string()), ("prompt", pa.string()), ("suite", pa.string()),
+        ("category", pa.string()), ("metadata", pa.string()), ("split", pa.string()),
+    ]),
+    # One row per generated image.
+    "images": pa.schema([
+        ("image_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()), ("model", pa.string()),
+        ("seed", pa.int64()), ("steps", pa.int32()), ("guidance", pa.float32()), ("height", pa.int32()),
+        ("width", pa.int32()), ("sampler", pa.string()), ("lora", pa.string()), ("image", IMAGE),
+        ("created_at", TIMESTAMP),
+    ]),
+    # One row per judge request (one image for pointwise, two for pairwise, N for listwise).
+    # choice: the preferred image_id, or "tie". ranking: image_ids best first.
+    "judgments": pa.schema([
+        ("request_id", pa.string()), ("judge", pa.string()), ("mode", pa.string()), ("template", pa.string()),
+        ("prompt_id", pa.string()), ("image_ids", pa.list_(pa.string())), ("label", pa.bool_()),
+        ("score", pa.float64()), ("choice", pa.string()), ("ranking", pa.list_(pa.string())),
+        ("caption", pa.string()), ("answers", pa.list_(ANSWER)), ("rationale", pa.string()),
+        ("raw_response", pa.string()), ("status", pa.string()), ("error", pa.string()),
+        ("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("cost_usd", pa.float64()),
+        ("latency_s", pa.float64()), ("details", pa.string()), ("created_at", TIMESTAMP),
+    ]),
+    # One row per (chosen, rejected) pair.
+    "preferences": pa.schema([
+        ("pair_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()),
+        ("chosen_image_id", pa.string()), ("rejected_image_id", pa.string()), ("margin", pa.float64()),
+        ("agreement", pa.float64()), ("source", pa.string()), ("created_at", TIMESTAMP),
+    ]),
+    # Human (or external) labels: the shapes of judgments plus the annotator.
+    "human_labels": pa.schema([
+        ("label_id", pa.string()), ("annotator", pa.string()), ("mode", pa.string()), ("prompt_id", pa.string()),
+        ("image_ids", pa.list_(pa.string())), ("label", pa.bool_()), ("score", pa.float64()),
+        ("choice", pa.string()), ("ranking", pa.list_(pa.string())), ("category", pa.string()),
+        ("created_at", TIMESTAMP),
+    ]),
+}
+KEYS = {"prompts": "prompt_id", "images": "image_id", "judgments": "request_id", "preferences": "pair_id",
+        "human_labels": "label_id"}
+STATUSES = ("ok", "parse_error", "refused", "truncated", "api_error", "budget", "error")
+
+
+# ----------------------------------------------------------------------------------------------- IDs
+def content_id(*parts: object) -> str:
+    """A stable ID from JSON-able parts: the same work gets the same ID on every machine."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def prompt_id(suite: str, text: str) -> str:
+    return content_id("prompt", suite, text)
+
+
+def now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+# ------------------------------------------------------------------------------------------ paths
+def table_path(run_dir: str | Path, table: str) -> Path:
+    if table not in SCHEMAS:
+        raise InputError(f"unknown table {table!r}; known tables: {', '.join(SCHEMAS)}")
+    return Path(run_dir) / f"{table}.parquet"
+
+
+def _shards(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+    return [path] if path.exists() else []
+
+
+def exists(path: str | Path) -> bool:
+    return bool(_shards(Path(path)))
+
+
+# ---------------------------------------------------------------------------------- validation
+def _type_name(t: pa.DataType) -> str:
+    return str(t).replace("large_", "")
+
+
+def conform(table: pa.Table, table_name: str, source: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Check `table` against the schema of `table_name`; return it cast to the exact schema.
+
+    Extra columns are kept at the end. A missing column, or one that can't be cast safely,
+    raises InputError naming the file, the column and the expected type.
+    """
+    schema = SCHEMAS[table_name]
+    wanted = list(columns) if columns is not None else schema.names
+    arrays, fields = [], []
+    for name in wanted:
+        expected = schema.field(name).type
+        if name not in table.column_names:
+            raise InputError(
+                f"{source}: missing column {name!r} (expected {_type_name(expected)}) in the {table_name} table; "
+                f"it has: {', '.join(table.column_names) or 'no columns'}")
+        col = table.column(name)
+        if col.type != expected:
+            if not _same_kind(col.type, expected):
+                raise InputError(
+                    f"{source}: column {name!r} has type {_type_name(col.type)}, expected {_type_name(expected)}")
+            try:
+                col = col.cast(expected, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                raise InputError(
+                    f"{source}: column {name!r} has type {_type_name(col.type)}, expected {_type_name(expected)}"
+                ) from None
+        arrays.append(col)
+        fields.append(schema.field(name))
+    for name in table.column_names:
+        if name not in wanted:
+            arrays.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _same_kind(got: pa.DataType, want: pa.DataType) -> bool:
+    """Casts allowed on read: int32 -> int64, large_string -> string... never number -> string."""
+    t = pa.types
+    if t.is_null(got):
+        return True
+    kinds = (
+        lambda x: t.is_string(x) or t.is_large_string(x),
+        lambda x: t.is_binary(x) or t.is_large_binary(x),
+        lambda x: t.is_integer(x) or t.is_floating(x),
+        t.is_boolean,
+        t.is_timestamp,
+        lambda x: t.is_list(x) or t.is_large_list(x),
+        t.is_struct,
+    )
+    return any(k(got) and k(want) for k in kinds)
+
+
+def read(path: str | Path, table_name: str, columns: Sequence[str] | None = None,
+         required: bool = True) -> pa.Table:
+    """Read and validate a table (a shard folder or one Parquet file); duplicate keys are dropped."""
+    path = Path(path)
+    shards = _shards(path)
+    if not shards:
+        if required:
+            raise InputError(f"{path}: no {table_name} table here (file or folder not found)")
+        return empty(table_name)
+    key = KEYS[table_name]
+    read_cols = None if columns is None else list(dict.fromkeys([key, *columns]))
+    parts = []
+    for shard in shards:
+        try:
+            t = pq.read_table(shard, columns=read_cols if read_cols and _has(shard, read_cols) else None)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{shard}: not a readable Parquet file ({exc})") from None
+        parts.append(conform(t, table_name, shard, read_cols))
+    if len(parts) == 1:
+        table = parts[0]
+    else:
+        table = pa.concat_tables(parts, promote_options="permissive")
+    return _dedupe(table, key)
+
+
+def _has(shard: Path, cols: Sequence[str]) -> bool:
+    names = set(pq.read_schema(shard).names)
+    return all(c in names for c in cols)
+
+
+def _dedupe(table: pa.Table, key: str) -> pa.Table:
+    """One row per key: the newest by created_at (a retried request supersedes its api_error row)."""
+    import numpy as np
+
+    keys = table.column(key).to_numpy(zero_copy_only=False)
+    if len(np.unique(keys)) == len(keys):
+        return table
+    if "created_at" in table.column_names:
+        created = table.column("created_at").cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    else:
+        created = np.arange(len(keys))
+    order = np.lexsort((np.arange(len(keys)), created, keys))  # by key, then time, then position
+    sorted_keys = keys[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = sorted_keys[:-1] != sorted_keys[1:]
+    return table.take(pa.array(np.sort(order[last])))
+
+
+def read_keys(path: str | Path, table_name: str) -> set[str]:
+    t = read(path, table_name, columns=[KEYS[table_name]], required=False)
+    return set(t.column(KEYS[table_name]).to_pylist())
+
+
+def empty(table_name: str) -> pa.Table:
+    return SCHEMAS[table_name].empty_table()
+
+
+def to_table(rows: Iterable[Mapping] | pa.Table, table_name: str) -> pa.Table:
+    """Rows (dicts) -> a table of the exact schema; missing optional fields become nulls."""
+    if isinstance(rows, pa.Table):
+        return conform(rows, table_name, "<in memory>")
+    schema = SCHEMAS[table_name]
+    rows = list(rows)
+    for i, row in enumerate(rows):
+        unknown = set(row) - set(schema.names)
+        if unknown:
+            raise ValueError(f"{table_name} row {i} has unknown fields {sorted(unknown)}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+# -------------------------------------------------------------------------------------- writes
+def append(path: str | Path, rows: Iterable[Mapping] | pa.Table, table_name: str, tag: str = "") -> Path | None:
+    """Write rows as one new shard, atomically (temp file + rename). Returns the shard path."""
+    table = to_table(rows, table_name)
+    if table.num_rows == 0:
+        return None
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a single file; appending needs a table folder")
+    path.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    name = f"part-{stamp}-{tag or 'r0'}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path / name)
+    return path / name
+
+
+def compact(path: str | Path, table_name: str, min_shards: int = 8) -> None:
+    """Merge many small shards into one (new shard first, then delete the old ones)."""
+    path = Path(path)
+    shards = _shards(path)
+    if len(shards) < min_shards or not path.is_dir():
+        return
+    table = read(path, table_name)
+    new = append(path, table, table_name, tag="compact")
+    for shard in shards:
+        if shard != new:
+            shard.unlink(missing_ok=True)
+
+
+def clean_temp(path: str | Path) -> int:
+    """Remove temp files a killed writer left behind."""
+    path = Path(path)
+    n = 0
+    if path.is_dir():
+        for tmp in path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------ run lock
+class RunLocked(InputError):
+    pass
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, wait: bool = False):
+    """Hold an exclusive lock on a run directory while a stage writes to it.
+
+    An OS lock (flock): the kernel releases it when its holder dies, so a lock left by a killed
+    process is never stale. A second writer waits (wait=True) or fails with who holds it.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = run_dir / ".lock"
+    fh = open(lock_file, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunLocked(f"{run_dir} is being written by {holder}; wait for it to finish "
+                            f"(or pass --wait)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now():%Y-%m-%d %H:%M:%S} UTC")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing releases the flock

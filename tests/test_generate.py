@@ -1,0 +1,100 @@
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from autofeedback import generate, tables
+from autofeedback.config import GenerateConfig
+
+from .conftest import REPO
+
+
+def _cfg(run_dir, model, **kw):
+    base = dict(run_dir=run_dir, model=str(model), prompts="shapes", limit=3, images_per_prompt=2, steps=3,
+                progress=False)
+    return GenerateConfig(**{**base, **kw})
+
+
+def _pixels(row):
+    return np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
+
+
+def test_generate_writes_the_images_table(tmp_path, tiny_model):
+    summary = generate.run(_cfg(tmp_path, tiny_model))
+    assert summary["new"] == 6 and summary["planned"] == 6
+    t = tables.read(tmp_path / "images.parquet", "images").to_pylist()
+    assert len({r["image_id"] for r in t}) == 6
+    for r in t:
+        assert r["image"]["path"] == f"{r['image_id']}.png"
+        assert _pixels(r).shape == (32, 32, 3) and r["height"] == r["width"] == 32
+        assert r["sampler"] == "DDIMScheduler" and r["steps"] == 3
+    prompts = tables.read(tmp_path / "prompts.parquet", "prompts")
+    assert prompts.num_rows == 3
+    # seeds differ across a prompt's images
+    assert len({(r["prompt_id"], r["seed"]) for r in t}) == 6
+
+
+def test_same_seed_same_pixels_whatever_the_batch(tmp_path, tiny_model):
+    generate.run(_cfg(tmp_path / "a", tiny_model, batch_size=6))
+    generate.run(_cfg(tmp_path / "b", tiny_model, batch_size=1))
+    a = {r["image_id"]: r for r in tables.read(tmp_path / "a" / "images.parquet", "images").to_pylist()}
+    b = {r["image_id"]: r for r in tables.read(tmp_path / "b" / "images.parquet", "images").to_pylist()}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k]["seed"] == b[k]["seed"]
+        assert np.array_equal(_pixels(a[k]), _pixels(b[k]))
+
+
+def test_rerun_of_a_finished_stage_does_nothing(tmp_path, tiny_model):
+    generate.run(_cfg(tmp_path, tiny_model))
+    shards = sorted(p.name for p in (tmp_path / "images.parquet").iterdir())
+    again = generate.run(_cfg(tmp_path, tiny_model))
+    assert again["new"] == 0 and again["skipped"] == 6
+    assert sorted(p.name for p in (tmp_path / "images.parquet").iterdir()) == shards
+    # asking for more images only adds the new ones
+    more = generate.run(_cfg(tmp_path, tiny_model, images_per_prompt=3))
+    assert more["new"] == 3 and tables.read(tmp_path / "images.parquet", "images").num_rows == 9
+
+
+def test_changed_settings_are_new_work(tmp_path, tiny_model):
+    ids = []
+    for kw in ({}, {"steps": 4}, {"guidance": 2.0}, {"seed": 1}):
+        ids.append({p["image_id"] for p in generate.plan(_cfg(tmp_path, tiny_model, **kw),
+                                                          generate.prompts_mod.load("shapes", limit=3),
+                                                          generate.model_fingerprint(str(tiny_model)), (32, 32))})
+    assert all(not (ids[0] & other) for other in ids[1:])
+
+
+def test_killed_generate_resumes_to_the_same_table(tmp_path, tiny_model):
+    args = [sys.executable, "-m", "autofeedback.cli", "generate", "--model", str(tiny_model), "--prompts", "shapes",
+            "--limit", "24", "-n", "2", "--steps", "8", "--batch-size", "4", "--flush-every", "4", "--no-progress"]
+    # the reference: one uninterrupted run
+    subprocess.run([*args, "--out", str(tmp_path / "ref")], check=True, capture_output=True, cwd=REPO)
+    ref = tables.read(tmp_path / "ref" / "images.parquet", "images")
+    # kill -9 as soon as a few shards are on disk
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*args, "--out", str(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if len(list((killed / "images.parquet").glob("part-*.parquet"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = tables.read(killed / "images.parquet", "images").num_rows
+    assert 0 < partial < ref.num_rows, "the kill should land mid-run"
+    done = subprocess.run([*args, "--out", str(killed)], check=True, capture_output=True, text=True, cwd=REPO)
+    assert f"{ref.num_rows - partial} new images" in done.stdout
+    final = tables.read(killed / "images.parquet", "images")
+    raw = pq.read_table(killed / "images.parquet").column("image_id").to_pylist()
+    assert len(raw) == len(set(raw)) == ref.num_rows  # no duplicates on disk either
+    assert set(raw) == set(ref.column("image_id").to_pylist())
+    ref_px = {r["image_id"]: _pixels(r) for r in ref.to_pylist()}
+    assert all(np.array_equal(_pixels(r), ref_px[r["image_id"]]) for r in final.to_pylist())

@@ -1,0 +1,86 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from autofeedback.shapes import checker
+from autofeedback.shapes.suite import heldout_pairs, suite_records
+from autofeedback.shapes.world import PALETTE, SHAPES, Scene, all_scenes, degrade, parse_prompt, render
+
+from .conftest import REPO
+
+
+def test_checker_reads_fresh_renders_per_concept():
+    """>= 99% per concept on 2,000 freshly rendered, blurred, noisy, color-shifted images."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = np.random.default_rng(seed)
+    scenes = all_scenes()
+    n = 2000
+    correct = {c: 0 for c in checker.CONCEPTS}
+    for _ in range(n):
+        scene = scenes[rng.integers(len(scenes))]
+        image = degrade(render(scene, int(rng.integers(2**31))), rng)
+        verdict = checker.check(image, scene)
+        for concept, ok in verdict.correct.items():
+            correct[concept] += ok
+    accuracy = {c: v / n for c, v in correct.items()}
+    assert all(a >= 0.99 for a in accuracy.values()), (seed, accuracy)
+
+
+@pytest.mark.parametrize("wrong", [
+    dict(count=3), dict(color="blue"), dict(shape="square"), dict(background="yellow"),
+])
+def test_checker_names_the_wrong_concept(wrong):
+    truth = Scene(2, "red", "circle", "white")
+    asked = Scene(**{**truth.metadata(), **wrong})
+    verdict = checker.check(render(truth, seed=5), asked)
+    (concept, _), = wrong.items()
+    assert verdict.correct[concept] is False
+    assert all(ok for c, ok in verdict.correct.items() if c != concept)
+    assert not verdict.aligned and verdict.score == 0.75
+
+
+def test_checker_on_blank_and_garbage_images():
+    blank = np.full((32, 32, 3), PALETTE["blue"], np.uint8)
+    v = checker.check(blank, Scene(1, "red", "square", "blue"))
+    assert v.reading.count == 0 and v.correct == {"count": False, "color": False, "shape": False, "background": True}
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert not checker.read(noise).readable
+    with pytest.raises(ValueError, match="HxWx3"):
+        checker.read(np.zeros((32, 32)))
+
+
+def test_render_is_deterministic_and_keeps_ground_truth():
+    scene = Scene(4, "yellow", "triangle", "purple")
+    a, b = np.asarray(render(scene, 7)), np.asarray(render(scene, 7))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, np.asarray(render(scene, 8)))
+    assert checker.read(a).count == 4
+
+
+def test_prompt_round_trip_and_validation():
+    for scene in all_scenes():
+        assert parse_prompt(scene.prompt) == scene
+    assert Scene(1, "red", "circle", "blue").prompt == "one red circle on a blue background"
+    with pytest.raises(ValueError, match="color and background must differ"):
+        Scene(2, "red", "circle", "red")
+    with pytest.raises(ValueError, match="count must be one of"):
+        Scene(7, "red", "circle", "blue")
+    with pytest.raises(ValueError, match="not a shapes-world prompt"):
+        parse_prompt("a photo of a cat")
+
+
+def test_suite_split_holds_unseen_count_color_pairs():
+    records = suite_records()
+    assert len(records) == 4 * len(PALETTE) * len(SHAPES) * (len(PALETTE) - 1)
+    train = {(r["metadata"]["color"], r["metadata"]["count"]) for r in records if r["split"] == "train"}
+    held = {(r["metadata"]["color"], r["metadata"]["count"]) for r in records if r["split"] == "heldout"}
+    assert held == heldout_pairs() and not (train & held)
+    # every color and every count is still seen in training
+    assert {c for c, _ in train} == set(PALETTE) and {n for _, n in train} == {1, 2, 3, 4}
+
+
+def test_committed_suite_file_matches_the_generator():
+    lines = (REPO / "prompts" / "shapes.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == suite_records()
