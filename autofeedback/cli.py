@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from .config import GenerateConfig, JudgeConfig, build
+from .config import GenerateConfig, JudgeConfig, TrainDPOConfig, build
 from .errors import InputError
 
 app = typer.Typer(
@@ -82,10 +82,7 @@ def generate(
     _quiet_libraries()
     from . import generate as stage
 
-    s = stage.run(cfg)
-    rate = f", {s['images_per_s']} images/s" if s["images_per_s"] else ""
-    typer.echo(f"generate: {s['new']} new images in {s['seconds']} s{rate} ({s['planned']} planned, "
-               f"{s['skipped']} already there) -> {cfg.run_dir / 'images.parquet'}")
+    typer.echo(stage.format_summary(stage.run(cfg), cfg))
 
 
 @app.command()
@@ -124,7 +121,7 @@ def judge(
     _quiet_libraries()
     from . import judge as stage
 
-    typer.echo(stage.format_summary(stage.run(cfg)))
+    typer.echo(stage.format_summary(stage.run(cfg), cfg))
 
 
 @app.command("serve-checker")
@@ -197,6 +194,47 @@ def eval_(
     from . import evaluate as stage
 
     stage.run(cfg, echo=typer.echo)
+
+
+train_app = typer.Typer(help="Train on the run's feedback: Diffusion-DPO (more trainers arrive with their issues).",
+                         no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("dpo")
+@user_errors
+def train_dpo(
+    run_dir: Path = typer.Argument(..., help=_help(TrainDPOConfig, "run_dir")),
+    model: str = typer.Option(..., "--model", "-m", help=_help(TrainDPOConfig, "model")),
+    out: str = typer.Option("dpo", help=_help(TrainDPOConfig, "out")),
+    loss: str = typer.Option("sigmoid", help=_help(TrainDPOConfig, "loss")),
+    beta: float = typer.Option(2000.0, help=_help(TrainDPOConfig, "beta")),
+    lora_rank: int = typer.Option(8, help=_help(TrainDPOConfig, "lora_rank")),
+    reference: str = typer.Option("adapters", help=_help(TrainDPOConfig, "reference")),
+    steps: int = typer.Option(200, help=_help(TrainDPOConfig, "steps")),
+    batch_size: int = typer.Option(8, help=_help(TrainDPOConfig, "batch_size")),
+    grad_accum: int = typer.Option(1, help=_help(TrainDPOConfig, "grad_accum")),
+    lr: float = typer.Option(1e-4, help=_help(TrainDPOConfig, "lr")),
+    sft_weight: float = typer.Option(0.0, help=_help(TrainDPOConfig, "sft_weight")),
+    mixed_precision: str = typer.Option("no", help=_help(TrainDPOConfig, "mixed_precision")),
+    device: str = typer.Option("auto", help=_help(TrainDPOConfig, "device")),
+    max_pairs: Optional[int] = typer.Option(None, help=_help(TrainDPOConfig, "max_pairs")),
+    seed: int = typer.Option(0, help=_help(TrainDPOConfig, "seed")),
+    checkpoint_every: int = typer.Option(50, help=_help(TrainDPOConfig, "checkpoint_every")),
+    resume: bool = typer.Option(True, help=_help(TrainDPOConfig, "resume")),
+    log_every: int = typer.Option(10, help=_help(TrainDPOConfig, "log_every")),
+):
+    """Diffusion-DPO on the pipeline's UNet from RUN/preferences.parquet (LoRA or full; accelerate-ready)."""
+    cfg = build(TrainDPOConfig, "train dpo", **{k: v for k, v in locals().items()})
+    _quiet_libraries()
+    from . import train_dpo as stage
+
+    try:
+        summary = stage.run(cfg)
+    except stage.NonFiniteLoss as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(stage.format_summary(summary, cfg))
 
 
 def main() -> None:  # console-script entry point

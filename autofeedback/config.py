@@ -80,6 +80,36 @@ class JudgeConfig(StageConfig):
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality when image_format=jpeg")
 
 
+class TrainDPOConfig(StageConfig):
+    run_dir: Path = Field(description="run directory with preferences.parquet and images.parquet")
+    model: str = Field(description="base diffusers pipeline (local folder or Hub id) whose UNet is trained")
+    out: str = Field("dpo", description="output folder inside the run directory")
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="Diffusion-DPO loss: sigmoid (DPO) or ipo")
+    beta: float = Field(2000.0, gt=0, description="DPO beta (KL strength; Wallace et al. use 2000-5000 for SD)")
+    lora_rank: int = Field(8, ge=0, description="LoRA rank (reference = adapters disabled); 0 = full fine-tune "
+                                                "with a frozen reference copy")
+    lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: the rank)")
+    reference: Literal["adapters", "copy"] = Field(
+        "adapters", description="LoRA reference model: the same UNet with adapters disabled (no extra memory), or "
+                                "a frozen copy of the base UNet (the common approach; for comparison)")
+    lora_targets: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules given LoRA")
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    batch_size: int = Field(8, ge=1, description="preference pairs per step and process")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    lr: float = Field(1e-4, gt=0, description="learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
+    sft_weight: float = Field(0.0, ge=0, description="add this times the winner's denoising loss")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision (GPU)")
+    device: Literal["auto", "cpu"] = Field("auto", description="auto: what accelerate finds; cpu: force CPU")
+    max_pairs: int | None = Field(None, ge=1, description="train on at most N pairs")
+    seed: int = Field(0, description="seed (batches, noise, timesteps)")
+    checkpoint_every: int = Field(50, ge=0, description="save a resumable checkpoint every N steps (0 = off)")
+    keep_checkpoints: int = Field(2, ge=0, description="keep the last N checkpoints (0 = all)")
+    resume: bool = Field(True, description="continue from the latest checkpoint in the output folder")
+    log_every: int = Field(10, ge=1, description="print every N steps")
+
+
 class SummaryConfig(StageConfig):
     group_by: list[str] = Field(["split"], description="prompt columns to group the alignment table by")
     judge: str | None = Field(None, description="judge whose verdicts are summarized (default: all)")
@@ -87,7 +117,8 @@ class SummaryConfig(StageConfig):
     seed: int = Field(0, description="bootstrap seed")
 
 
-STEP_CONFIGS: dict[str, type[StageConfig]] = {"generate": GenerateConfig, "judge": JudgeConfig}
+STEP_CONFIGS: dict[str, type[StageConfig]] = {"generate": GenerateConfig, "judge": JudgeConfig,
+                                               "train_dpo": TrainDPOConfig}
 
 
 class PipelineConfig(StageConfig):

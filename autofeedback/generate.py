@@ -7,14 +7,18 @@ Writes:  RUN/prompts.parquet   prompt_id, prompt, suite, category, metadata, spl
 Resume:  image_id = hash(model fingerprint, prompt_id, seed, sampler settings, LoRA). Images already in
          the table are skipped, so a killed run resumes where it stopped and a finished run does nothing.
          Each image's seed is derived from (base seed, prompt_id, index) and recorded: same seed, same pixels.
+Scale:   under `accelerate launch` (processes, GPUs, nodes) the images left to do are split between the
+         processes; each writes its own shards (tagged with its rank), which read as one table.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import prompts as prompts_mod
@@ -136,57 +140,85 @@ def run(cfg: GenerateConfig) -> dict:
     prompts_path = tables.table_path(cfg.run_dir, "prompts")
     size = _model_size(cfg)
 
-    with tables.run_lock(cfg.run_dir):
-        tables.clean_temp(images_path)
-        # 2. What is left to do.
+    state = _distributed()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    # rank 0 holds the run lock for everyone; the other ranks only write their own shards
+    with tables.run_lock(cfg.run_dir) if rank == 0 else nullcontext():
+        if rank == 0:
+            tables.clean_temp(images_path)
+        # 2. What is left to do (every rank computes the same list before anyone writes).
         planned = plan(cfg, prompt_table, fingerprint, size)
         done = tables.read_keys(images_path, "images")
         todo = [t for t in planned if t["image_id"] not in done]
-        known_prompts = tables.read_keys(prompts_path, "prompts")
-        tables.append(prompts_path, [r for r in prompt_table.to_pylist() if r["prompt_id"] not in known_prompts],
-                      "prompts")
+        if state:
+            state.wait_for_everyone()
+        if rank == 0:
+            known_prompts = tables.read_keys(prompts_path, "prompts")
+            tables.append(prompts_path, [r for r in prompt_table.to_pylist() if r["prompt_id"] not in known_prompts],
+                          "prompts")
         summary = {"planned": len(planned), "skipped": len(planned) - len(todo), "new": 0,
-                   "seconds": 0.0, "images_per_s": None}
-        if not todo:
-            return summary
-        # 3. Load the pipeline.
-        pipe = load_pipeline(cfg.model, cfg.device, cfg.dtype, cfg.lora)
-        sampler = type(pipe.scheduler).__name__
-        # 4. Generate in batches across prompts; write a shard every `flush_every` images.
-        t0 = time.perf_counter()
-        pending: list[dict] = []
-        bar = _progress(len(todo), cfg.progress)
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            arrays = generate_batch(pipe, batch, cfg, size)
-            created = tables.now()
-            for item, arr in zip(batch, arrays):
-                pending.append({
-                    **item, "model": cfg.model_name or cfg.model, "steps": cfg.steps, "guidance": cfg.guidance,
-                    "height": int(arr.shape[0]), "width": int(arr.shape[1]), "sampler": sampler,
-                    "lora": cfg.lora, "image": {"bytes": png_bytes(arr), "path": f"{item['image_id']}.png"},
-                    "created_at": created,
-                })
-            bar.update(len(batch))
-            if len(pending) >= cfg.flush_every:
-                tables.append(images_path, pending, "images")
-                summary["new"] += len(pending)
-                pending = []
-        tables.append(images_path, pending, "images")
-        summary["new"] += len(pending)
-        bar.close()
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
-        summary["images_per_s"] = round(summary["new"] / max(summary["seconds"], 1e-9), 2)
-        tables.compact(images_path, "images")
+                   "seconds": 0.0, "images_per_s": None, "processes": world}
+        mine = todo[rank::world]
+        if mine:
+            # 3. Load the pipeline.
+            device = str(state.device) if state and cfg.device != "cpu" else cfg.device
+            pipe = load_pipeline(cfg.model, device, cfg.dtype, cfg.lora)
+            sampler = type(pipe.scheduler).__name__
+            # 4. Generate in batches across prompts; write a shard every `flush_every` images.
+            t0 = time.perf_counter()
+            pending: list[dict] = []
+            bar = _progress(len(mine), cfg.progress and rank == 0)
+            model_name = cfg.model_name or (f"{cfg.model}+lora:{cfg.lora}" if cfg.lora else cfg.model)
+            for start in range(0, len(mine), cfg.batch_size):
+                batch = mine[start:start + cfg.batch_size]
+                arrays = generate_batch(pipe, batch, cfg, size, device)
+                created = tables.now()
+                for item, arr in zip(batch, arrays):
+                    pending.append({
+                        **item, "model": model_name, "steps": cfg.steps, "guidance": cfg.guidance,
+                        "height": int(arr.shape[0]), "width": int(arr.shape[1]), "sampler": sampler,
+                        "lora": cfg.lora, "image": {"bytes": png_bytes(arr), "path": f"{item['image_id']}.png"},
+                        "created_at": created,
+                    })
+                bar.update(len(batch))
+                if len(pending) >= cfg.flush_every:
+                    tables.append(images_path, pending, "images", tag=f"r{rank}")
+                    summary["new"] += len(pending)
+                    pending = []
+            tables.append(images_path, pending, "images", tag=f"r{rank}")
+            summary["new"] += len(pending)
+            bar.close()
+            summary["seconds"] = round(time.perf_counter() - t0, 2)
+        if state:
+            state.wait_for_everyone()
+            summary["new"] = len(todo)  # all ranks together
+        summary["images_per_s"] = round(summary["new"] / summary["seconds"], 2) if summary["seconds"] else None
+        if rank == 0:
+            tables.compact(images_path, "images")
     return summary
 
 
-def generate_batch(pipe, batch: list[dict], cfg: GenerateConfig, size: tuple[int, int]):
+def _distributed():
+    """accelerate's process state when launched with several processes, else None (no import cost)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState()
+    return None
+
+
+def format_summary(s: dict, cfg: GenerateConfig) -> str:
+    rate = f", {s['images_per_s']} images/s" if s["images_per_s"] else ""
+    return (f"generate: {s['new']} new images in {s['seconds']} s{rate} ({s['planned']} planned, "
+            f"{s['skipped']} already there) -> {Path(cfg.run_dir) / 'images.parquet'}")
+
+
+def generate_batch(pipe, batch: list[dict], cfg: GenerateConfig, size: tuple[int, int], device: str | None = None):
     """One pipeline call for a batch of (prompt, seed) items; uint8 HxWx3 arrays out."""
     import numpy as np
     import torch
 
-    device = torch.device(cfg.device)
+    device = torch.device(device or cfg.device)
     gen_device = "cpu" if device.type == "mps" else device
     generators = [torch.Generator(gen_device).manual_seed(item["seed"]) for item in batch]
     height, width = size

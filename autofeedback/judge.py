@@ -250,7 +250,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict, cfg: JudgeConfig | None = None) -> str:
     lines = [f"judge {s['judge']} ({s['mode']}): {s['requests']} requests this run, {s['already_done']} already done, "
              f"{s['seconds']} s"]
     if s["status"]:

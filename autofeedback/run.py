@@ -14,6 +14,7 @@ Writes RUN/report/metrics.json.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -25,6 +26,16 @@ from .config import STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 
 PATH_FIELDS = ("model", "prompts", "lora")
+# stage name in a pipeline YAML -> module with run(cfg) (and optionally format_summary)
+STAGE_MODULES = {"generate": "autofeedback.generate", "judge": "autofeedback.judge",
+                 "train_dpo": "autofeedback.train_dpo"}
+
+
+def _describe(stage, name: str, summary: dict, cfg) -> str:
+    fmt = getattr(stage, "format_summary", None)  # every stage's is format_summary(summary, cfg)
+    if fmt is None:
+        return f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    return fmt(summary, cfg)
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None):
@@ -91,20 +102,25 @@ def run(path: str | Path, overrides: list[str] | None = None, run_dir: str | Pat
     stage_summaries = []
     for i, (name, cfg) in enumerate(configs):
         t0 = time.perf_counter()
-        if name == "generate":
-            from . import generate as stage
-        else:
-            from . import judge as stage
+        stage = importlib.import_module(STAGE_MODULES[name])
         summary = stage.run(cfg)
+        text = _describe(stage, name, summary, cfg)
         summary["seconds_total"] = round(time.perf_counter() - t0, 2)
         stage_summaries.append({"step": i, "stage": name, **summary})
-        echo(f"[{i}] {name}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+        echo(f"[{i}] {text}")
     summary = alignment.summarize(run_dir, pipe.summary.group_by, pipe.summary.judge,
                                   pipe.summary.bootstrap, pipe.summary.seed)
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {"pipeline": str(path), "run_dir": str(run_dir), "alignment": summary, "stages": stage_summaries,
-               "seconds": round(time.perf_counter() - t_start, 2)}
+    metrics_path = report_dir / "metrics.json"
+    metrics = {}
+    if metrics_path.exists():  # keep what other commands (eval) wrote there
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            metrics = {}
+    metrics.update({"pipeline": str(path), "run_dir": str(run_dir), "alignment": summary,
+                    "stages": stage_summaries, "seconds": round(time.perf_counter() - t_start, 2)})
     tmp = report_dir / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     tmp.replace(report_dir / "metrics.json")

@@ -46,41 +46,7 @@ def cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess
     )
 
 
-def make_shapes_run(run_dir: Path, n_prompts: int = 8, per_prompt: int = 3, seed: int = 0) -> Path:
-    """A run directory with prompts + images tables from the renderer: the first image of every prompt
-    matches it, the others render a scene with one concept changed (so judges have something to find)."""
-    import io
-
-    import numpy as np
-
-    from autofeedback import tables
-    from autofeedback.shapes.suite import suite_records
-    from autofeedback.shapes.world import COUNTS, Scene, render
-
-    rng = np.random.default_rng(seed)
-    records = suite_records()
-    picks = rng.choice(len(records), n_prompts, replace=False)
-    prompt_rows, image_rows = [], []
-    for i in picks:
-        rec = records[int(i)]
-        pid = tables.prompt_id(rec["suite"], rec["prompt"])
-        prompt_rows.append({"prompt_id": pid, **rec, "metadata": __import__("json").dumps(rec["metadata"])})
-        truth = Scene(**rec["metadata"])
-        for k in range(per_prompt):
-            scene = truth
-            if k > 0:
-                wrong = Scene(**{**truth.metadata(), "count": COUNTS[(truth.count + k - 1) % 4]})
-                scene = wrong if wrong != truth else Scene(**{**truth.metadata(), "count": COUNTS[truth.count % 4]})
-            buf = io.BytesIO()
-            render(scene, seed=int(rng.integers(2**31))).save(buf, format="PNG")
-            iid = tables.content_id("test-image", pid, k, seed)
-            image_rows.append({"image_id": iid, "prompt_id": pid, "prompt": rec["prompt"], "model": "renderer",
-                               "seed": k, "steps": 0, "guidance": 0.0, "height": 32, "width": 32,
-                               "sampler": None, "lora": None, "image": {"bytes": buf.getvalue(), "path": f"{iid}.png"},
-                               "created_at": tables.now()})
-    tables.append(tables.table_path(run_dir, "prompts"), prompt_rows, "prompts")
-    tables.append(tables.table_path(run_dir, "images"), image_rows, "images")
-    return run_dir
+from autofeedback.shapes.demo import make_rendered_run as make_shapes_run  # noqa: E402
 
 
 @pytest.fixture
