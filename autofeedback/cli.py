@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from .config import GenerateConfig, JudgeConfig, TrainDPOConfig, build
+from .config import GenerateConfig, JudgeConfig, TrainDPOConfig, TrainRWRConfig, build
 from .errors import InputError
 
 app = typer.Typer(
@@ -179,6 +179,7 @@ def eval_(
     min_rater_items: int = typer.Option(10, help=_help(EvalConfig, "min_rater_items")),
     html: bool = typer.Option(True, help=_help(EvalConfig, "html")),
     grid: int = typer.Option(8, help=_help(EvalConfig, "grid")),
+    wait: bool = typer.Option(False, "--wait", help=_help(EvalConfig, "wait")),
 ):
     """Agreement of judges with human labels + model before/after -> RUN/report/{metrics.json,report.html}."""
     column_map = {}
@@ -190,13 +191,13 @@ def eval_(
     cfg = build(EvalConfig, "eval", run_dir=run_dir, human=human, judgments=judgments, run_judgments=run_judgments,
                 column_map=column_map, tie_policy=tie_policy, bootstrap=bootstrap, seed=seed, judge=judge,
                 models=[m.strip() for m in models.split(",") if m.strip()] if models else None, split=split,
-                min_rater_items=min_rater_items, html=html, grid=grid)
+                min_rater_items=min_rater_items, html=html, grid=grid, wait=wait)
     from . import evaluate as stage
 
     stage.run(cfg, echo=typer.echo)
 
 
-train_app = typer.Typer(help="Train on the run's feedback: Diffusion-DPO (more trainers arrive with their issues).",
+train_app = typer.Typer(help="Train on the run's feedback: Diffusion-DPO (dpo), reward-weighted likelihood (rwr).",
                          no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -228,13 +229,157 @@ def train_dpo(
     cfg = build(TrainDPOConfig, "train dpo", **{k: v for k, v in locals().items()})
     _quiet_libraries()
     from . import train_dpo as stage
+    from .training import NonFiniteLoss
 
     try:
         summary = stage.run(cfg)
-    except stage.NonFiniteLoss as exc:
+    except NonFiniteLoss as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from None
     typer.echo(stage.format_summary(summary, cfg))
+
+
+@train_app.command("rwr")
+@user_errors
+def train_rwr(
+    run_dir: Path = typer.Argument(..., help=_help(TrainRWRConfig, "run_dir")),
+    model: str = typer.Option(..., "--model", "-m", help=_help(TrainRWRConfig, "model")),
+    out: str = typer.Option("rwr", help=_help(TrainRWRConfig, "out")),
+    judge: Optional[str] = typer.Option(None, help=_help(TrainRWRConfig, "judge")),
+    reward: str = typer.Option("label", help=_help(TrainRWRConfig, "reward")),
+    reg_weight: float = typer.Option(1.0, help=_help(TrainRWRConfig, "reg_weight")),
+    reg_images: Optional[Path] = typer.Option(None, help=_help(TrainRWRConfig, "reg_images")),
+    lora_rank: int = typer.Option(8, help=_help(TrainRWRConfig, "lora_rank")),
+    steps: int = typer.Option(200, help=_help(TrainRWRConfig, "steps")),
+    batch_size: int = typer.Option(8, help=_help(TrainRWRConfig, "batch_size")),
+    grad_accum: int = typer.Option(1, help=_help(TrainRWRConfig, "grad_accum")),
+    lr: float = typer.Option(1e-4, help=_help(TrainRWRConfig, "lr")),
+    mixed_precision: str = typer.Option("no", help=_help(TrainRWRConfig, "mixed_precision")),
+    device: str = typer.Option("auto", help=_help(TrainRWRConfig, "device")),
+    seed: int = typer.Option(0, help=_help(TrainRWRConfig, "seed")),
+    checkpoint_every: int = typer.Option(50, help=_help(TrainRWRConfig, "checkpoint_every")),
+    resume: bool = typer.Option(True, help=_help(TrainRWRConfig, "resume")),
+    log_every: int = typer.Option(10, help=_help(TrainRWRConfig, "log_every")),
+):
+    """Lee et al.'s reward-weighted likelihood (+ pre-training regularizer) from the run's judgments."""
+    cfg = build(TrainRWRConfig, "train rwr", **{k: v for k, v in locals().items()})
+    _quiet_libraries()
+    from . import train_rwr as stage
+    from .training import NonFiniteLoss
+
+    try:
+        summary = stage.run(cfg)
+    except NonFiniteLoss as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(stage.format_summary(summary, cfg))
+
+
+from .config import ExportConfig, ImportLabelsConfig, PairsConfig, PublishConfig  # noqa: E402  (issue #5)
+
+
+def _parse_map(items: list[str], example: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        target, eq, source = item.partition("=")
+        if not eq or not target.strip() or not source.strip():
+            raise InputError(f"--map {item!r}: expected FIELD=COLUMN, e.g. {example}")
+        out[target.strip()] = source.strip()
+    return out
+
+
+@app.command()
+@user_errors
+def pairs(
+    run_dir: Path = typer.Argument(..., help=_help(PairsConfig, "run_dir")),
+    source: str = typer.Option("judgments", "--source", help=_help(PairsConfig, "source")),
+    judge: list[str] = typer.Option([], "--judge", "-j", help=_help(PairsConfig, "judges") + " (repeatable)"),
+    mode: list[str] = typer.Option([], "--mode", help=_help(PairsConfig, "modes") + " (repeatable)"),
+    combine: str = typer.Option("majority", help=_help(PairsConfig, "combine")),
+    dedupe: bool = typer.Option(True, help=_help(PairsConfig, "dedupe")),
+    orders: str = typer.Option("consistent", help=_help(PairsConfig, "orders")),
+    pointwise_value: str = typer.Option("auto", help=_help(PairsConfig, "pointwise_value")),
+    tie_policy: str = typer.Option("drop", help=_help(PairsConfig, "tie_policy")),
+    min_margin: float = typer.Option(0.0, help=_help(PairsConfig, "min_margin")),
+    max_pairs_per_prompt: Optional[int] = typer.Option(None, help=_help(PairsConfig, "max_pairs_per_prompt")),
+    seed: int = typer.Option(0, help=_help(PairsConfig, "seed")),
+    labels: bool = typer.Option(True, help=_help(PairsConfig, "labels")),
+    augment: int = typer.Option(4, help=_help(PairsConfig, "augment")),
+):
+    """Judgments (or human labels) -> preference pairs, per-image labels and prompt augmentations."""
+    cfg = build(PairsConfig, "pairs", run_dir=run_dir, source=source, judges=judge or None, modes=mode or None,
+                combine=combine, dedupe=dedupe, orders=orders, pointwise_value=pointwise_value, tie_policy=tie_policy,
+                min_margin=min_margin, max_pairs_per_prompt=max_pairs_per_prompt, seed=seed, labels=labels,
+                augment=augment)
+    from . import pairs as stage
+
+    typer.echo(stage.format_summary(stage.run(cfg)))
+
+
+@app.command("import-labels")
+@user_errors
+def import_labels(
+    file: Path = typer.Argument(..., help=_help(ImportLabelsConfig, "file")),
+    run_dir: Path = typer.Option(..., "--run", "--run-dir", help=_help(ImportLabelsConfig, "run_dir")),
+    kind: str = typer.Option("auto", help=_help(ImportLabelsConfig, "kind")),
+    map_: list[str] = typer.Option([], "--map", help=_help(ImportLabelsConfig, "column_map")),
+    annotator: Optional[str] = typer.Option(None, help=_help(ImportLabelsConfig, "annotator")),
+    suite: str = typer.Option("external", help=_help(ImportLabelsConfig, "suite")),
+    prompts: bool = typer.Option(True, help=_help(ImportLabelsConfig, "prompts")),
+):
+    """Human or external ratings, choices or rankings (CSV/JSONL/Parquet) -> RUN/human_labels.parquet."""
+    cfg = build(ImportLabelsConfig, "import-labels", file=file, run_dir=run_dir, kind=kind,
+                column_map=_parse_map(map_, "image_ids=generations"), annotator=annotator, suite=suite,
+                prompts=prompts)
+    from . import labels as stage
+
+    typer.echo(stage.format_summary(stage.run(cfg)))
+
+
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help=_help(ExportConfig, "run_dir")),
+    format_: str = typer.Option("hf", "--format", help=_help(ExportConfig, "format")),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help=_help(ExportConfig, "out")),
+    source: list[str] = typer.Option([], "--source", help=_help(ExportConfig, "sources") + " (repeatable)"),
+    license_: str = typer.Option("other", "--license", help=_help(ExportConfig, "license")),
+    pretty_name: Optional[str] = typer.Option(None, help=_help(ExportConfig, "pretty_name")),
+    jpeg_quality: int = typer.Option(95, help=_help(ExportConfig, "jpeg_quality")),
+    max_shard_mb: float = typer.Option(500.0, help=_help(ExportConfig, "max_shard_mb")),
+    seed: int = typer.Option(0, help=_help(ExportConfig, "seed")),
+):
+    """Preferences -> a Hugging Face dataset folder (Parquet shards + dataset card), hf or Pick-a-Pic layout."""
+    cfg = build(ExportConfig, "export", run_dir=run_dir, format=format_, out=out, sources=source or None,
+                license=license_, pretty_name=pretty_name, jpeg_quality=jpeg_quality, max_shard_mb=max_shard_mb,
+                seed=seed)
+    from . import export as stage
+
+    typer.echo(stage.format_summary(stage.run(cfg)))
+
+
+@app.command()
+@user_errors
+def publish(
+    run_dir: Path = typer.Argument(..., help=_help(PublishConfig, "run_dir")),
+    repo_id: str = typer.Option(..., "--repo-id", help=_help(PublishConfig, "repo_id")),
+    private: bool = typer.Option(False, "--private", help=_help(PublishConfig, "private")),
+    dry_run: bool = typer.Option(False, "--dry-run", help=_help(PublishConfig, "dry_run")),
+    format_: str = typer.Option("hf", "--format", help=_help(PublishConfig, "format")),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help=_help(PublishConfig, "out")),
+    license_: str = typer.Option("other", "--license", help=_help(PublishConfig, "license")),
+    pretty_name: Optional[str] = typer.Option(None, help=_help(PublishConfig, "pretty_name")),
+    token_env: str = typer.Option("HF_TOKEN", help=_help(PublishConfig, "token_env")),
+    endpoint: Optional[str] = typer.Option(None, help=_help(PublishConfig, "endpoint")),
+    commit_message: Optional[str] = typer.Option(None, help=_help(PublishConfig, "commit_message")),
+):
+    """Export the run's dataset and upload it to the Hugging Face Hub (re-publishing updates it)."""
+    cfg = build(PublishConfig, "publish", run_dir=run_dir, repo_id=repo_id, private=private, dry_run=dry_run,
+                format=format_, out=out, license=license_, pretty_name=pretty_name, token_env=token_env,
+                endpoint=endpoint, commit_message=commit_message)
+    from . import publish as stage
+
+    typer.echo(stage.format_summary(stage.run(cfg)))
 
 
 def main() -> None:  # console-script entry point

@@ -80,34 +80,49 @@ class JudgeConfig(StageConfig):
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality when image_format=jpeg")
 
 
-class TrainDPOConfig(StageConfig):
-    run_dir: Path = Field(description="run directory with preferences.parquet and images.parquet")
+class TrainConfig(StageConfig):
+    """Settings every diffusion trainer shares."""
+
+    run_dir: Path = Field(description="run directory with the training data tables")
     model: str = Field(description="base diffusers pipeline (local folder or Hub id) whose UNet is trained")
-    out: str = Field("dpo", description="output folder inside the run directory")
-    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="Diffusion-DPO loss: sigmoid (DPO) or ipo")
-    beta: float = Field(2000.0, gt=0, description="DPO beta (KL strength; Wallace et al. use 2000-5000 for SD)")
-    lora_rank: int = Field(8, ge=0, description="LoRA rank (reference = adapters disabled); 0 = full fine-tune "
-                                                "with a frozen reference copy")
+    lora_rank: int = Field(8, ge=0, description="LoRA rank; 0 = full fine-tune")
     lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: the rank)")
-    reference: Literal["adapters", "copy"] = Field(
-        "adapters", description="LoRA reference model: the same UNet with adapters disabled (no extra memory), or "
-                                "a frozen copy of the base UNet (the common approach; for comparison)")
     lora_targets: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules given LoRA")
     steps: int = Field(200, ge=1, description="optimizer steps")
-    batch_size: int = Field(8, ge=1, description="preference pairs per step and process")
+    batch_size: int = Field(8, ge=1, description="examples per step and process")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     lr: float = Field(1e-4, gt=0, description="learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
-    sft_weight: float = Field(0.0, ge=0, description="add this times the winner's denoising loss")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision (GPU)")
     device: Literal["auto", "cpu"] = Field("auto", description="auto: what accelerate finds; cpu: force CPU")
-    max_pairs: int | None = Field(None, ge=1, description="train on at most N pairs")
     seed: int = Field(0, description="seed (batches, noise, timesteps)")
-    checkpoint_every: int = Field(50, ge=0, description="save a resumable checkpoint every N steps (0 = off)")
+    checkpoint_every: int = Field(50, ge=0, description="save a resumable checkpoint every N steps and at the end "
+                                                        "(0 = off)")
     keep_checkpoints: int = Field(2, ge=0, description="keep the last N checkpoints (0 = all)")
     resume: bool = Field(True, description="continue from the latest checkpoint in the output folder")
     log_every: int = Field(10, ge=1, description="print every N steps")
+
+
+class TrainDPOConfig(TrainConfig):
+    out: str = Field("dpo", description="output folder inside the run directory")
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="Diffusion-DPO loss: sigmoid (DPO) or ipo")
+    beta: float = Field(2000.0, gt=0, description="DPO beta (KL strength; Wallace et al. use 2000-5000 for SD)")
+    reference: Literal["adapters", "copy"] = Field(
+        "adapters", description="LoRA reference model: the same UNet with adapters disabled (no extra memory), or "
+                                "a frozen copy of the base UNet (the common approach; for comparison)")
+    sft_weight: float = Field(0.0, ge=0, description="add this times the winner's denoising loss")
+    max_pairs: int | None = Field(None, ge=1, description="train on at most N pairs")
+
+
+class TrainRWRConfig(TrainConfig):
+    out: str = Field("rwr", description="output folder inside the run directory")
+    judge: str | None = Field(None, description="use this judge's pointwise judgments (default: all; mean per image)")
+    reward: Literal["label", "score"] = Field("label", description="reward: the judge's label (1/0) or its score "
+                                                                   "rescaled to [0, 1]")
+    reg_weight: float = Field(1.0, ge=0, description="weight of the pre-training regularizer (Lee et al.'s beta)")
+    reg_images: Path | None = Field(None, description="images table for the regularizer (default: the run's own "
+                                                      "images, unweighted)")
 
 
 class SummaryConfig(StageConfig):
@@ -118,7 +133,7 @@ class SummaryConfig(StageConfig):
 
 
 STEP_CONFIGS: dict[str, type[StageConfig]] = {"generate": GenerateConfig, "judge": JudgeConfig,
-                                               "train_dpo": TrainDPOConfig}
+                                               "train_dpo": TrainDPOConfig, "train_rwr": TrainRWRConfig}
 
 
 class PipelineConfig(StageConfig):
@@ -170,3 +185,88 @@ class EvalConfig(StageConfig):
     min_rater_items: int = Field(10, ge=2, description="human ceiling: leave out raters with fewer items")
     html: bool = Field(True, description="write report/report.html")
     grid: int = Field(8, ge=1, le=64, description="images per grid in the report")
+    wait: bool = Field(False, description="if another command is writing to RUN, wait for it instead of exiting")
+
+
+# ------------------------------------------------------------------------ preference datasets (issue #5)
+JUDGE_MODES = ("pointwise", "pairwise", "listwise", "caption", "vqa")
+
+
+class PairsConfig(StageConfig):
+    run_dir: Path = Field(description="run directory; preferences.parquet, labels.parquet and augmentations.parquet "
+                                      "are written here")
+    source: Literal["judgments", "human_labels"] = Field(
+        "judgments", description="table the pairs come from: judgments (AI judges) or human_labels "
+                                 "(imported with `autofeedback import-labels`)")
+    judges: list[str] | None = Field(None, description="only these judges (judgments.judge, or human_labels.annotator); "
+                                                       "default: all")
+    modes: list[Literal["pointwise", "pairwise", "listwise", "caption", "vqa"]] | None = Field(
+        None, description="only rows of these modes (default: all)")
+    combine: Literal["majority", "mean"] = Field(
+        "majority", description="several judges on one pair: majority (of their verdicts) or mean (of their signed "
+                                "margins); agreement records the share that agreed")
+    dedupe: bool = Field(True, description="one row per image pair, votes of all judges combined; --no-dedupe keeps "
+                                           "one row per judge and pair")
+    orders: Literal["consistent", "any"] = Field(
+        "consistent", description="pairwise asked in both orders: consistent (only order-consistent verdicts; an "
+                                  "inconsistent pair is a tie, a pair with one order missing is dropped) or any "
+                                  "(each order is a vote)")
+    pointwise_value: Literal["auto", "label", "score"] = Field(
+        "auto", description="what pointwise pairs compare: label (aligned vs not aligned), score (with --min-margin), "
+                            "auto (label when every row of the judge has one, else score)")
+    tie_policy: Literal["drop", "keep"] = Field(
+        "drop", description="ties (equal scores, tied ranks, inconsistent orders, split votes, below --min-margin): "
+                            "drop them (counted) or keep them with margin 0 (soft labels)")
+    min_margin: float = Field(0.0, ge=0, description="a pair whose margin (score difference, rank distance) is below "
+                                                     "this is a tie")
+    max_pairs_per_prompt: int | None = Field(None, ge=1, description="at most N pairs per prompt (seeded sample)")
+    seed: int = Field(0, description="seed for --max-pairs-per-prompt sampling and prompt augmentations")
+    labels: bool = Field(True, description="also write labels.parquet: one pointwise label/score per image")
+    augment: int = Field(4, ge=0, description="augmentations.parquet: N-1 perturbed prompts per labeled image "
+                                              "(Lee et al.); 0 or 1 = none")
+
+
+class ImportLabelsConfig(StageConfig):
+    file: Path = Field(description="labels file: .csv, .tsv, .jsonl/.json or .parquet")
+    run_dir: Path = Field(description="run directory; human_labels.parquet (and prompts.parquet) are written here")
+    kind: Literal["auto", "ratings", "choices", "rankings"] = Field(
+        "auto", description="ratings (one image: label and/or score), choices (two images: which one, or tie), "
+                            "rankings (N images: ranks, ties allowed); auto: from the columns")
+    column_map: dict[str, str] = Field(default_factory=dict, description="use a column under another name, "
+                                       "FIELD=COLUMN, e.g. image_ids=generations (repeatable)")
+    annotator: str | None = Field(None, description="annotator name when the file has no annotator column "
+                                                    "(default: the file name)")
+    suite: str = Field("external", description="suite name in prompt_id = hash(suite, prompt) for prompts given "
+                                               "as text")
+    prompts: bool = Field(True, description="also add the prompts given as text to RUN/prompts.parquet")
+
+
+class ExportConfig(StageConfig):
+    run_dir: Path = Field(description="run directory with preferences.parquet and images.parquet")
+    format: Literal["hf", "pickapic"] = Field(
+        "hf", description="hf: chosen/rejected as Image features (+ labels, augmentations); pickapic: caption, "
+                          "jpg_0, jpg_1, label_0, label_1 (JPEG bytes), the layout Diffusion-DPO scripts read")
+    out: Path | None = Field(None, description="output folder (default RUN/export/FORMAT); it is replaced")
+    sources: list[str] | None = Field(None, description="only pairs whose source starts with one of these "
+                                                        "(e.g. judgments, human_labels)")
+    license: str = Field("other", description="licence id for the card (e.g. apache-2.0, cc-by-4.0); default other: "
+                                              "the images follow the generator model's licence")
+    pretty_name: str | None = Field(None, description="dataset title in the card (default: from the run directory)")
+    jpeg_quality: int = Field(95, ge=10, le=100, description="pickapic: JPEG quality of jpg_0/jpg_1")
+    max_shard_mb: float = Field(500.0, gt=0, description="Parquet shard size limit in MB")
+    seed: int = Field(0, description="pickapic: seed for which side (0 or 1) the chosen image goes")
+
+
+class PublishConfig(StageConfig):
+    run_dir: Path = Field(description="run directory to publish (exported first)")
+    repo_id: str = Field(description="Hub dataset repository, ORG/NAME")
+    private: bool = Field(False, description="create the repository private")
+    dry_run: bool = Field(False, description="only write the dataset folder; upload nothing")
+    format: Literal["hf", "pickapic"] = Field("hf", description="dataset layout (see `autofeedback export`)")
+    out: Path | None = Field(None, description="dataset folder (default RUN/export/FORMAT)")
+    license: str = Field("other", description="licence id for the card")
+    pretty_name: str | None = Field(None, description="dataset title in the card")
+    token_env: str = Field("HF_TOKEN", description="environment variable holding the Hub token (else the login "
+                                                   "cache of `hf auth login`); never printed or written")
+    endpoint: str | None = Field(None, description="Hub endpoint (default $HF_ENDPOINT or huggingface.co)")
+    commit_message: str | None = Field(None, description="commit message (default: what was exported)")

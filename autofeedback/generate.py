@@ -6,7 +6,9 @@ Writes:  RUN/prompts.parquet   prompt_id, prompt, suite, category, metadata, spl
                                sampler, lora, image {bytes: PNG, path}, created_at
 Resume:  image_id = hash(model fingerprint, prompt_id, seed, sampler settings, LoRA). Images already in
          the table are skipped, so a killed run resumes where it stopped and a finished run does nothing.
-         Each image's seed is derived from (base seed, prompt_id, index) and recorded: same seed, same pixels.
+         Each image's seed is derived from (base seed, prompt_id, index) and recorded: same seed, same pixels,
+         whatever the batch or the number of processes (for the same torch build, device and thread count:
+         float reductions may round differently across those).
 Scale:   under `accelerate launch` (processes, GPUs, nodes) the images left to do are split between the
          processes; each writes its own shards (tagged with its rank), which read as one table.
 """
@@ -140,7 +142,7 @@ def run(cfg: GenerateConfig) -> dict:
     prompts_path = tables.table_path(cfg.run_dir, "prompts")
     size = _model_size(cfg)
 
-    state = _distributed()
+    state = _distributed(cpu=cfg.device == "cpu")
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     # rank 0 holds the run lock for everyone; the other ranks only write their own shards
     with tables.run_lock(cfg.run_dir) if rank == 0 else nullcontext():
@@ -198,12 +200,15 @@ def run(cfg: GenerateConfig) -> dict:
     return summary
 
 
-def _distributed():
-    """accelerate's process state when launched with several processes, else None (no import cost)."""
+def _distributed(cpu: bool):
+    """accelerate's process state when launched with several processes, else None (no import cost).
+
+    On CPU, accelerate only forms a (gloo) process group when told `cpu=True`.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        return PartialState()
+        return PartialState(cpu=cpu)
     return None
 
 

@@ -28,7 +28,7 @@ from .errors import InputError
 PATH_FIELDS = ("model", "prompts", "lora")
 # stage name in a pipeline YAML -> module with run(cfg) (and optionally format_summary)
 STAGE_MODULES = {"generate": "autofeedback.generate", "judge": "autofeedback.judge",
-                 "train_dpo": "autofeedback.train_dpo"}
+                 "train_dpo": "autofeedback.train_dpo", "train_rwr": "autofeedback.train_rwr"}
 
 
 def _describe(stage, name: str, summary: dict, cfg) -> str:

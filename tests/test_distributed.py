@@ -22,9 +22,13 @@ pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None and not os.pa
 
 def _launch(*args: str) -> subprocess.CompletedProcess:
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "autofeedback.cli", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # --multi_gpu is accelerate's torchrun launcher; without a GPU the processes form a gloo group on CPU
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
+           "0", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "autofeedback.cli", *args]
+    import torch
+
+    # pixels are reproducible for the same torch build and thread count (float reduction order)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
 

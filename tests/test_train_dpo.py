@@ -94,3 +94,21 @@ def test_generate_loads_the_trained_lora(pref_run, tiny_model, tmp_path):
     assert out["new"] == 2
     rows = tables.read(tmp_path / "gen" / "images.parquet", "images").to_pylist()
     assert all(r["lora"] == s["lora"] for r in rows)
+
+
+def test_rwr_smoke_weights_by_reward_and_regularizes(tmp_path, tiny_model):
+    from autofeedback import judge, train_rwr
+    from autofeedback.config import JudgeConfig, TrainRWRConfig
+
+    run_dir = make_rendered_run(tmp_path / "run", n_prompts=4, per_prompt=3)
+    judge.run(JudgeConfig(run_dir=run_dir, judge="shapes"))
+    rewards = train_rwr.load_rewards(TrainRWRConfig(run_dir=run_dir, model=str(tiny_model)))
+    assert len(rewards) == 12 and {r["reward"] for r in rewards} == {0.0, 1.0}
+    s = train_rwr.run(TrainRWRConfig(run_dir=run_dir, model=str(tiny_model), steps=2, batch_size=2, device="cpu",
+                                     checkpoint_every=1, lr=1e-3))
+    p = s["parameters"]
+    assert s["steps"] == 2 and s["lora"] and p["changed_params"] == p["trainable_params"] and p["frozen_changed"] == 0
+    metrics = [json.loads(l) for l in (run_dir / "rwr" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["reg"] > 0 for m in metrics)
+    scored = train_rwr.load_rewards(TrainRWRConfig(run_dir=run_dir, model=str(tiny_model), reward="score"))
+    assert min(r["reward"] for r in scored) == 0.0 and max(r["reward"] for r in scored) == 1.0

@@ -1,0 +1,130 @@
+"""train rwr: Lee et al.'s reward-weighted likelihood on the UNet of an SD-family diffusers pipeline.
+
+Reads:   RUN/judgments.parquet (pointwise rows with status ok: label or score), RUN/images.parquet
+Writes:  RUN/<out>/lora/ (or unet/), checkpoints/, metrics.jsonl, train.json   (as train dpo)
+
+    loss = mean_i r_i * ||target - model(x_t, t, prompt_i)||^2   over the model's judged samples
+         + reg_weight * mean_j ||target - model(...)||^2         over the regularizer set
+
+r is the judge's label (1 aligned, 0 not) or its score rescaled to [0, 1] (several judges: the mean).
+The regularizer keeps the model close to its pre-training distribution: Lee et al. use the
+pre-training data; by default here it is the run's own images (the base model's samples), unweighted,
+or any images table given with --reg-images (e.g. a reference set).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import tables, training
+from .config import TrainRWRConfig
+from .errors import InputError
+from .train_dpo import image_bytes
+
+
+def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
+    run_dir = Path(cfg.run_dir)
+    jpath = tables.table_path(run_dir, "judgments")
+    if not tables.exists(jpath):
+        raise InputError(f"{jpath}: no judgments; run `autofeedback judge {run_dir}` first")
+    rows = tables.read(jpath, "judgments", columns=["judge", "mode", "prompt_id", "image_ids", "label", "score",
+                                                    "status"]).to_pylist()
+    rows = [r for r in rows if r["mode"] == "pointwise" and r["status"] == "ok"
+            and (cfg.judge is None or r["judge"] == cfg.judge)]
+    if not rows:
+        raise InputError(f"{jpath}: no pointwise judgments with status ok" + (f" by {cfg.judge!r}" if cfg.judge else ""))
+    by_image: dict[str, list[float]] = defaultdict(list)
+    if cfg.reward == "label":
+        rows = [r for r in rows if r["label"] is not None]
+        if not rows:
+            raise InputError(f"{jpath}: the judgments have no labels; use --reward score")
+        for r in rows:
+            by_image[r["image_ids"][0]].append(float(r["label"]))
+    else:
+        by_judge: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            if r["score"] is not None:
+                by_judge[r["judge"]].append(r["score"])
+        if not by_judge:
+            raise InputError(f"{jpath}: the judgments have no scores; use --reward label")
+        span = {j: (min(v), max(v)) for j, v in by_judge.items()}
+        for r in rows:
+            if r["score"] is None:
+                continue
+            lo, hi = span[r["judge"]]
+            by_image[r["image_ids"][0]].append((r["score"] - lo) / (hi - lo) if hi > lo else 1.0)
+    images = tables.read(tables.table_path(run_dir, "images"), "images", columns=["image_id", "prompt"]).to_pylist()
+    prompt = {r["image_id"]: r["prompt"] for r in images}
+    return [{"image_id": i, "prompt": prompt[i], "reward": float(np.mean(v))}
+            for i, v in sorted(by_image.items()) if i in prompt]
+
+
+def run(cfg: TrainRWRConfig) -> dict:
+    # 1. Check inputs: rewards for the run's samples, and the regularizer set.
+    samples = load_rewards(cfg)
+    reg_table = cfg.reg_images or tables.table_path(cfg.run_dir, "images")
+    reg = tables.read(reg_table, "images", columns=["image_id", "prompt"]).to_pylist()
+    if not reg and cfg.reg_weight:
+        raise InputError(f"{reg_table}: the regularizer set is empty")
+    images = image_bytes(Path(cfg.run_dir), {x["image_id"] for x in samples}, "rewarded")
+    reg_bytes = {}
+    if cfg.reg_weight:
+        reg_all = tables.read(reg_table, "images", columns=["image_id", "image"])
+        reg_bytes = {i: im["bytes"] for i, im in zip(reg_all.column("image_id").to_pylist(),
+                                                      reg_all.column("image").to_pylist())}
+    mean_reward = float(np.mean([x["reward"] for x in samples]))
+    # 2. Load the pipeline, resume.
+    s = training.setup(cfg, need_reference=False)
+    s.log(f"rwr: {len(samples)} rewarded samples (mean reward {mean_reward:.3f}), regularizer set {len(reg)} images")
+    if s.step >= cfg.steps:
+        return training.finish(cfg, s, [])
+    # 3. Train.
+    history: list[dict] = []
+    rank = s.accelerator.process_index
+    t0 = time.perf_counter()
+    s.unet.train()
+    while s.step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, s.step, rank])
+        with s.accelerator.accumulate(s.unet):
+            batch = [samples[i] for i in rng.choice(len(samples), size=cfg.batch_size)]
+            pngs = [images[b["image_id"]] for b in batch]
+            prompts = [b["prompt"] for b in batch]
+            if cfg.reg_weight:
+                regb = [reg[i] for i in rng.choice(len(reg), size=cfg.batch_size)]
+                pngs += [reg_bytes[b["image_id"]] for b in regb]
+                prompts += [b["prompt"] for b in regb]
+            lat = s.encode(pngs)
+            emb = s.embed(prompts)
+            noisy, t, target = s.noised(lat, rng)
+            mse = s.mse(s.unet, noisy, t, emb, target)
+            r = torch.tensor([b["reward"] for b in batch], device=mse.device)
+            weighted = (r * mse[:cfg.batch_size]).mean()
+            reg_loss = mse[cfg.batch_size:].mean() if cfg.reg_weight else torch.zeros((), device=mse.device)
+            loss = weighted + cfg.reg_weight * reg_loss
+            training.check_finite(loss, s)
+            s.accelerator.backward(loss)
+            if s.accelerator.sync_gradients and cfg.max_grad_norm:
+                s.accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
+            s.opt.step()
+            s.opt.zero_grad(set_to_none=True)
+        if s.accelerator.sync_gradients:
+            s.step += 1
+            rec = {"step": s.step, "loss": round(loss.item(), 6), "weighted": round(weighted.item(), 6),
+                   "reg": round(float(reg_loss.detach()), 6), "seconds": round(time.perf_counter() - t0, 2)}
+            history.append(rec)
+            training.log_step(s, rec, cfg.log_every, cfg.steps,
+                              f"rwr step {s.step}/{cfg.steps} loss {rec['loss']:.4f} (weighted {rec['weighted']:.4f}, "
+                              f"reg {rec['reg']:.4f})")
+            if cfg.checkpoint_every and (s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps):
+                training.checkpoint(s, cfg.keep_checkpoints)
+    return training.finish(cfg, s, history)
+
+
+def format_summary(s: dict, cfg: TrainRWRConfig) -> str:
+    extra = f", last-20-step loss {s['final_loss']:.4f}" if "final_loss" in s else ""
+    return f"train rwr: {s['steps']} steps{extra} -> {s['lora'] or s['out']}"

@@ -1,0 +1,242 @@
+"""What the diffusion trainers (train dpo, train rwr) share: loading an SD-family pipeline for training
+(LoRA via peft, or full), accelerate, encoding images/prompts, the denoising loss per sample,
+checkpoints that resume, and saving weights that `generate --lora` loads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Setup:
+    accelerator: object
+    pipe: object
+    unet: object
+    ref_unet: object | None
+    opt: object
+    params: list
+    watch: dict | None
+    noise_sched: object
+    out_dir: Path
+    step: int
+
+    def log(self, msg: str) -> None:
+        if self.accelerator.is_main_process:
+            print(msg, flush=True)
+
+    # ------------------------------------------------------------------ data
+    def embed(self, prompts: list[str]):
+        import torch
+
+        tok = self.pipe.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.accelerator.device)
+        with torch.no_grad():
+            return self.pipe.text_encoder(ids)[0]
+
+    def encode(self, pngs: list[bytes]):
+        import torch
+
+        vae = self.pipe.vae
+        size = vae.config.sample_size
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        x = torch.stack([to_tensor(b, size) for b in pngs]).to(self.accelerator.device)
+        with torch.no_grad():
+            return vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+
+    # ------------------------------------------------------------------ loss
+    def noised(self, lat, rng: np.random.Generator, share_halves: bool = False):
+        """(noisy latents, timesteps, target). share_halves: both halves get the same noise and timestep."""
+        import torch
+
+        n = lat.shape[0] // 2 if share_halves else lat.shape[0]
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn((n, *lat.shape[1:]), generator=gen)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (n,), generator=gen)
+        if share_halves:
+            noise, t = noise.repeat(2, 1, 1, 1), t.repeat(2)
+        noise, t = noise.to(lat.device), t.to(lat.device)
+        noisy = self.noise_sched.add_noise(lat, noise, t)
+        if self.noise_sched.config.prediction_type == "v_prediction":
+            target = self.noise_sched.get_velocity(lat, noise, t)
+        else:
+            target = noise
+        return noisy, t, target
+
+    def mse(self, unet, noisy, t, emb, target):
+        pred = unet(noisy, t, encoder_hidden_states=emb).sample
+        return ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+
+    def reference_mse(self, noisy, t, emb, target):
+        import torch
+
+        with torch.no_grad():
+            if self.ref_unet is not None:
+                return self.mse(self.ref_unet, noisy, t, emb, target)
+            base = self.accelerator.unwrap_model(self.unet)
+            base.disable_adapters()
+            try:
+                return self.mse(self.unet, noisy, t, emb, target)
+            finally:
+                base.enable_adapters()
+
+
+def to_tensor(png: bytes, size: tuple[int, int]):
+    import torch
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    if img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def setup(cfg, need_reference: bool) -> Setup:
+    """Load the pipeline, add LoRA (or keep the full UNet trainable), build the optimizer, resume."""
+    import copy
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler, DiffusionPipeline
+
+    from .generate import check_model_path
+
+    check_model_path(cfg.model)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                              mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
+                              cpu=cfg.device == "cpu")
+    set_seed(cfg.seed + accelerator.process_index)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(cfg.model)
+    except Exception as exc:
+        raise InputError(f"could not load diffusers pipeline {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    unet = pipe.unet
+    for m in (pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+        m.to(accelerator.device)
+    ref_unet = None
+    if need_reference and (cfg.lora_rank == 0 or getattr(cfg, "reference", "adapters") == "copy"):
+        ref_unet = copy.deepcopy(unet).requires_grad_(False).to(accelerator.device).eval()
+    if cfg.lora_rank > 0:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                    init_lora_weights="gaussian", target_modules=list(cfg.lora_targets)))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    small = sum(p.numel() for p in unet.parameters()) < 50e6
+    watch = snapshot(unet) if cfg.lora_rank > 0 or small else None
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    unet, opt = accelerator.prepare(unet, opt)
+    out_dir = Path(cfg.run_dir) / cfg.out
+    s = Setup(accelerator, pipe, unet, ref_unet, opt, params, watch,
+              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0)
+    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        s.step = json.loads((ckpt / "step.json").read_text())["step"]
+        s.log(f"resumed from {ckpt} at step {s.step}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return s
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = [p for p in (Path(out_dir) / "checkpoints").glob("step-*") if (p / "step.json").exists()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def checkpoint(s: Setup, keep: int) -> None:
+    path = s.out_dir / "checkpoints" / f"step-{s.step}"
+    s.accelerator.wait_for_everyone()
+    s.accelerator.save_state(str(path))
+    if s.accelerator.is_main_process:
+        (path / "step.json").write_text(json.dumps({"step": s.step}))  # written last: marks it complete
+        ckpts = sorted((p for p in (s.out_dir / "checkpoints").glob("step-*") if (p / "step.json").exists()),
+                       key=lambda p: int(p.name.split("-")[1]))
+        for old in ckpts[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+    s.accelerator.wait_for_everyone()
+
+
+def check_finite(loss, s: Setup) -> None:
+    import torch
+
+    if not torch.isfinite(loss):
+        last = latest_checkpoint(s.out_dir)
+        raise NonFiniteLoss(f"loss is {loss.item()} at step {s.step + 1}; stopped. The last good checkpoint is "
+                            f"{last or 'none (no checkpoint saved yet)'}; lower the learning rate (or beta)")
+
+
+def log_step(s: Setup, rec: dict, every: int, total: int, text: str) -> None:
+    if s.accelerator.is_main_process:
+        with open(s.out_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        if rec["step"] % every == 0 or rec["step"] == total:
+            print(text, flush=True)
+
+
+def snapshot(unet) -> dict:
+    """Initial trainable values + a fingerprint of the frozen ones, to report what training changed."""
+    trainable = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+    frozen = {n: float(p.detach().double().abs().sum()) for n, p in unet.named_parameters() if not p.requires_grad}
+    return {"trainable": trainable, "frozen": frozen}
+
+
+def changes(unet, watch: dict) -> dict:
+    import torch
+
+    named = dict(unet.named_parameters())
+    changed = [n for n, v in watch["trainable"].items() if not torch.equal(named[n].detach().cpu(), v.cpu())]
+    frozen_changed = [n for n, v in watch["frozen"].items() if float(named[n].detach().double().abs().sum()) != v]
+    return {"trainable_params": len(watch["trainable"]), "changed_params": len(changed),
+            "unchanged_params": sorted(set(watch["trainable"]) - set(changed))[:10],
+            "frozen_changed": len(frozen_changed), "trainable_names_sample": sorted(watch["trainable"])[:3]}
+
+
+def finish(cfg, s: Setup, history: list[dict]) -> dict:
+    """Save the weights (LoRA for load_lora_weights, or the full UNet) and train.json."""
+    s.accelerator.wait_for_everyone()
+    summary: dict = {"steps": s.step, "out": str(s.out_dir), "lora": None}
+    if s.accelerator.is_main_process:
+        model = s.accelerator.unwrap_model(s.unet)
+        if s.watch is not None and history:
+            summary["parameters"] = changes(model, s.watch)
+        if cfg.lora_rank > 0:
+            from diffusers import StableDiffusionPipeline
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            lora_dir = s.out_dir / "lora"
+            StableDiffusionPipeline.save_lora_weights(
+                lora_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(model)),
+                safe_serialization=True)
+            summary["lora"] = str(lora_dir)
+        else:
+            model.save_pretrained(s.out_dir / "unet")
+        if history:
+            last = history[-min(len(history), 20):]
+            summary["final_loss"] = round(float(np.mean([h["loss"] for h in last])), 6)
+            if "implicit_acc" in last[0]:
+                summary["final_implicit_acc"] = round(float(np.mean([h["implicit_acc"] for h in last])), 4)
+            summary["seconds"] = history[-1]["seconds"]
+        tmp = s.out_dir / ".train.json.tmp"
+        tmp.write_text(json.dumps({"config": json.loads(cfg.model_dump_json()), **summary}, indent=2))
+        tmp.replace(s.out_dir / "train.json")
+    s.accelerator.wait_for_everyone()
+    return summary

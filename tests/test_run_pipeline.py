@@ -1,0 +1,59 @@
+"""`autofeedback run pipelines/shapes.yaml`: the main job, on the shipped tiny model."""
+
+import json
+
+import pytest
+
+from autofeedback import tables
+
+from .conftest import REPO, SHIPPED_MODEL, cli
+
+SMALL = ["--set", "generate.limit=6", "--set", "generate.images_per_prompt=1", "--set", "generate.steps=6"]
+
+
+def test_shipped_model_is_a_standard_pipeline_under_20_mb():
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    size = sum(f.stat().st_size for f in SHIPPED_MODEL.rglob("*") if f.is_file())
+    assert size <= 20 * 2**20
+    pipe = DiffusionPipeline.from_pretrained(SHIPPED_MODEL)
+    assert isinstance(pipe, StableDiffusionPipeline)
+    recipe = json.loads((SHIPPED_MODEL / "recipe.json").read_text())
+    assert recipe["unet_steps"] > 0 and "command" in recipe
+
+
+def test_run_pipeline_small_then_rerun_does_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    p = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
+    assert p.returncode == 0, p.stderr
+    assert "heldout" in p.stdout and "train" in p.stdout and "95% CI" in p.stdout
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    groups = metrics["alignment"]["groups"]
+    assert set(groups) == {"train", "heldout", "all"}
+    for g in groups.values():
+        for concept in ("aligned", "count", "color", "shape", "background"):
+            m = g["metrics"][concept]
+            assert 0 <= m["ci95"][0] <= m["rate"] <= m["ci95"][1] <= 1
+    n_images = tables.read(run_dir / "images.parquet", "images").num_rows
+    assert n_images == 12
+    again = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
+    assert again.returncode == 0
+    assert again.stdout.count("0 new images") == 2 and "0 requests this run" in again.stdout
+    assert tables.read(run_dir / "images.parquet", "images").num_rows == n_images
+
+
+def test_bad_override_is_a_clear_error(tmp_path):
+    p = cli("run", "pipelines/shapes.yaml", "--run-dir", tmp_path / "r", "--set", "generate.images_per_prompt=-1")
+    assert p.returncode == 2 and "images_per_prompt" in p.stderr and not (tmp_path / "r").exists()
+    p = cli("run", "pipelines/shapes.yaml", "--set", "nostage.x=1")
+    assert p.returncode == 2 and "no step named 'nostage'" in p.stderr
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end(tmp_path):
+    """The README's main job as a user runs it (a few minutes on 2 cores)."""
+    p = cli("run", str(REPO / "pipelines" / "shapes.yaml"), "--run-dir", tmp_path / "run", timeout=900)
+    assert p.returncode == 0, p.stderr
+    metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+    held = metrics["alignment"]["groups"]["heldout"]["metrics"]["aligned"]["rate"]
+    assert 0.15 <= held <= 0.70  # the tiny model is imperfect by design
