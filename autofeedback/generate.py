@@ -74,7 +74,8 @@ def check_model_path(model: str) -> None:
         raise InputError(f"model path not found: {model}")
 
 
-def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora: str | None = None):
+def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora: str | None = None,
+                  channels_last: bool = False):
     """A diffusers pipeline on `device`; errors name the model and what went wrong."""
     import torch
     from diffusers import DiffusionPipeline
@@ -101,6 +102,11 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora:
         pipe.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise InputError(f"device {device!r} is not usable here: {str(exc).splitlines()[0]}") from None
+    if channels_last:
+        for name in ("unet", "vae", "transformer"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -164,7 +170,7 @@ def run(cfg: GenerateConfig) -> dict:
         if mine:
             # 3. Load the pipeline.
             device = str(state.device) if state and cfg.device != "cpu" else cfg.device
-            pipe = load_pipeline(cfg.model, device, cfg.dtype, cfg.lora)
+            pipe = load_pipeline(cfg.model, device, cfg.dtype, cfg.lora, cfg.channels_last)
             sampler = type(pipe.scheduler).__name__
             # 4. Generate in batches across prompts; write a shard every `flush_every` images.
             t0 = time.perf_counter()

@@ -30,7 +30,7 @@ from .config import JudgeConfig
 from .errors import InputError
 
 FINAL = ("ok", "parse_error", "refused", "truncated", "error")
-FLUSH_ROWS = 64
+FLUSH_ROWS = 256
 FLUSH_SECONDS = 5.0
 
 

@@ -72,8 +72,8 @@ def make_run(run_dir: Path, pairs: int) -> None:
     tables.append(tables.table_path(run_dir, "preferences"), rows, "preferences")
 
 
-def sd15_pipeline(out: Path) -> str:
-    """An SD-1.5-architecture pipeline with random weights (no download), 512 px."""
+def sd15_pipeline(out: Path, size: int = 512) -> str:
+    """An SD-1.5-architecture pipeline with random weights (no download), at `size` px."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -83,10 +83,10 @@ def sd15_pipeline(out: Path) -> str:
     tok.model_max_length = 77
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
                                         num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the SD-1.5 defaults
+    unet = UNet2DConditionModel(sample_size=size // 8, cross_attention_dim=768)  # the SD-1.5 defaults
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        sample_size=512)
+                        sample_size=size)
     StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(),
                             safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(out)
     return str(out)
@@ -95,7 +95,8 @@ def sd15_pipeline(out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(REPO / "data" / "models" / "shapes-tiny"))
-    ap.add_argument("--sd15", action="store_true", help="SD-1.5 UNet architecture at random weights, 512 px")
+    ap.add_argument("--sd15", action="store_true", help="SD-1.5 UNet architecture at random weights (--size px)")
+    ap.add_argument("--size", type=int, default=512, help="image size for --sd15 (CPU: try 128)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=8, help="preference pairs per step")
     ap.add_argument("--steps", type=int, default=12)
@@ -108,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         make_run(run_dir, args.batch * 2)
-        model = sd15_pipeline(Path(tmp) / "sd15") if args.sd15 else args.model
+        model = sd15_pipeline(Path(tmp) / "sd15", args.size) if args.sd15 else args.model
         results = []
         for variant in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--child", "--variant", variant, "--run-dir", str(run_dir),
@@ -118,7 +119,7 @@ def main() -> None:
     import torch
 
     dev = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
-    print(f"machine: {dev}, torch {torch.__version__}; model: {'SD-1.5 UNet (random), 512 px' if args.sd15 else model}; "
+    print(f"machine: {dev}, torch {torch.__version__}; model: {f'SD-1.5 UNet (random), {args.size} px' if args.sd15 else model}; "
           f"{args.batch} pairs per step, median of {args.steps} steps\n")
     base = next(r for r in results if r["variant"] == "copy")
     print("| reference | step (ms) | peak memory (MiB) | time vs copy | memory vs copy |")

@@ -2,8 +2,9 @@
 
 Baseline = what people write first: one pipeline call per prompt,
     for prompt in prompts: pipe(prompt, num_images_per_prompt=N, generator=..., num_inference_steps=S)
-Candidate = the `generate` stage itself (batched across prompts, PNG encoding and Parquet writes
-included), on a fresh run directory.
+Candidate = the `generate` stage itself (batched across prompts, channels-last, PNG encoding and
+Parquet writes included), on a fresh run directory; in float32 like the baseline, and in bfloat16
+(different numerics: reported apart).
 
 Both run in this process, one after the other, after a warm-up call, with the same torch thread count.
 Prints a table (images/s and the ratio) and the machine; paste it into bench/RESULTS.md.
@@ -54,14 +55,14 @@ def baseline(pipe, prompts: list[str], n: int, steps: int, guidance: float) -> f
     return len(prompts) * n / (time.perf_counter() - t0)
 
 
-def candidate(model: str, n: int, steps: int, guidance: float, limit: int, batch: int) -> float:
+def candidate(model: str, n: int, steps: int, guidance: float, limit: int, batch: int, dtype: str = "float32") -> float:
     from autofeedback import generate
     from autofeedback.config import GenerateConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = GenerateConfig(run_dir=Path(tmp), model=model, prompts=str(REPO / "prompts" / "shapes.jsonl"),
                              limit=limit, images_per_prompt=n, steps=steps, guidance=guidance,
-                             batch_size=batch, progress=False)
+                             batch_size=batch, dtype=dtype, progress=False)
         t0 = time.perf_counter()
         summary = generate.run(cfg)  # includes loading the pipeline, PNG encoding and Parquet writes
         elapsed = time.perf_counter() - t0
@@ -87,13 +88,14 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"model: {args.model}, {args.prompts} prompts, {args.steps} steps, guidance {args.guidance}, "
           f"generate batch size {args.batch_size}\n")
-    header = f"| images/prompt | plain loop (img/s) | autofeedback generate (img/s) | speed-up |"
-    print(header)
-    print("|---:|---:|---:|---:|")
+    print("| images/prompt | plain loop, fp32 (img/s) | generate, fp32 (img/s) | speed-up | "
+          "generate, bf16 (img/s) | speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for n in args.images_per_prompt:
         base = baseline(pipe, prompt_texts, n, args.steps, args.guidance)
         cand = candidate(args.model, n, args.steps, args.guidance, args.prompts, args.batch_size)
-        print(f"| {n} | {base:.1f} | {cand:.1f} | {cand / base:.2f}x |", flush=True)
+        bf16 = candidate(args.model, n, args.steps, args.guidance, args.prompts, args.batch_size, "bfloat16")
+        print(f"| {n} | {base:.1f} | {cand:.1f} | {cand / base:.2f}x | {bf16:.1f} | {bf16 / base:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ def start_server(port: int, latency: float) -> subprocess.Popen:
 def make_run(run_dir: Path, n: int) -> None:
     from autofeedback.shapes.demo import make_rendered_run
 
-    make_rendered_run(run_dir, n_prompts=min(n // 6 + 1, 360), per_prompt=max(6, -(-n // 360)), seed=0)
+    per_prompt = max(1, -(-n // 360))
+    while n % per_prompt:
+        per_prompt += 1
+    make_rendered_run(run_dir, n_prompts=n // per_prompt, per_prompt=per_prompt, seed=0)  # exactly n images
 
 
 async def naive(base_url: str, run_dir: Path, n: int, concurrency: int) -> tuple[float, float]:

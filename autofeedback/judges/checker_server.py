@@ -99,9 +99,7 @@ class CheckerServer:
             pass
 
         Handler.state = state
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 256
+        self.httpd = _Server((host, port), Handler)
         self.thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- control
@@ -171,8 +169,17 @@ class CheckerServer:
             return dict(self.state.faults_served)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the listen() backlog: must be set before the socket listens
+    allow_reuse_address = True
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY, Nagle + the client's delayed ACK
+    # add ~40 ms to every answer
+    disable_nagle_algorithm = True
     state: _State
 
     def log_message(self, *args) -> None:  # quiet
