@@ -71,6 +71,7 @@ def generate(
     batch_size: int = typer.Option(32, help=_help(GenerateConfig, "batch_size")),
     device: str = typer.Option("cpu", help=_help(GenerateConfig, "device")),
     dtype: str = typer.Option("float32", help=_help(GenerateConfig, "dtype")),
+    channels_last: bool = typer.Option(True, help=_help(GenerateConfig, "channels_last")),
     lora: Optional[str] = typer.Option(None, help=_help(GenerateConfig, "lora")),
     model_name: Optional[str] = typer.Option(None, help=_help(GenerateConfig, "model_name")),
     negative_prompt: Optional[str] = typer.Option(None, help=_help(GenerateConfig, "negative_prompt")),

@@ -32,7 +32,9 @@ class GenerateConfig(StageConfig):
     width: int | None = Field(None, ge=8, description="image width (default: the model's)")
     batch_size: int = Field(32, ge=1, description="images per pipeline call, across prompts")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype (bfloat16 is ~2x faster on CPUs with AMX/AVX512-BF16, and on GPUs)")
+    channels_last: bool = Field(True, description="channels-last memory format for the UNet and VAE (faster convs)")
     lora: str | None = Field(None, description="LoRA weights (a folder or .safetensors) loaded with load_lora_weights")
     model_name: str | None = Field(None, description="name recorded in the table (default: the model argument)")
     negative_prompt: str | None = Field(None, description="negative prompt for every image")

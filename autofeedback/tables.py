@@ -66,15 +66,29 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("agreement", pa.float64()), ("source", pa.string()), ("created_at", TIMESTAMP),
     ]),
     # Human (or external) labels: the shapes of judgments plus the annotator.
+    # ranking: image_ids best first; images tied in a human ranking share one entry, joined by "=" ("a=b").
     "human_labels": pa.schema([
         ("label_id", pa.string()), ("annotator", pa.string()), ("mode", pa.string()), ("prompt_id", pa.string()),
         ("image_ids", pa.list_(pa.string())), ("label", pa.bool_()), ("score", pa.float64()),
         ("choice", pa.string()), ("ranking", pa.list_(pa.string())), ("category", pa.string()),
         ("created_at", TIMESTAMP),
     ]),
+    # One row per image: its pointwise label/score for reward training, combined over judges (autofeedback pairs).
+    # judges: who labeled it; agreement: share of them agreeing with the label.
+    "labels": pa.schema([
+        ("label_id", pa.string()), ("image_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()),
+        ("label", pa.bool_()), ("score", pa.float64()), ("agreement", pa.float64()),
+        ("judges", pa.list_(pa.string())), ("source", pa.string()), ("created_at", TIMESTAMP),
+    ]),
+    # One row per image: N-1 prompts with one metadata field changed (Lee et al.'s prompt classification).
+    # changed[i]: the field changed in perturbed[i].
+    "augmentations": pa.schema([
+        ("aug_id", pa.string()), ("image_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()),
+        ("perturbed", pa.list_(pa.string())), ("changed", pa.list_(pa.string())), ("created_at", TIMESTAMP),
+    ]),
 }
 KEYS = {"prompts": "prompt_id", "images": "image_id", "judgments": "request_id", "preferences": "pair_id",
-        "human_labels": "label_id"}
+        "human_labels": "label_id", "labels": "label_id", "augmentations": "aug_id"}
 STATUSES = ("ok", "parse_error", "refused", "truncated", "api_error", "budget", "error")
 
 
