@@ -250,6 +250,8 @@ def train_rwr(
     reward: str = typer.Option("label", help=_help(TrainRWRConfig, "reward")),
     reg_weight: float = typer.Option(1.0, help=_help(TrainRWRConfig, "reg_weight")),
     reg_images: Optional[Path] = typer.Option(None, help=_help(TrainRWRConfig, "reg_images")),
+    split: Optional[str] = typer.Option(None, help=_help(TrainRWRConfig, "split")),
+    images_model: Optional[str] = typer.Option(None, help=_help(TrainRWRConfig, "images_model")),
     lora_rank: int = typer.Option(8, help=_help(TrainRWRConfig, "lora_rank")),
     steps: int = typer.Option(200, help=_help(TrainRWRConfig, "steps")),
     batch_size: int = typer.Option(8, help=_help(TrainRWRConfig, "batch_size")),
@@ -306,9 +308,11 @@ def pairs(
     seed: int = typer.Option(0, help=_help(PairsConfig, "seed")),
     labels: bool = typer.Option(True, help=_help(PairsConfig, "labels")),
     augment: int = typer.Option(4, help=_help(PairsConfig, "augment")),
+    split: Optional[str] = typer.Option(None, help=_help(PairsConfig, "split")),
 ):
     """Judgments (or human labels) -> preference pairs, per-image labels and prompt augmentations."""
     cfg = build(PairsConfig, "pairs", run_dir=run_dir, source=source, judges=judge or None, modes=mode or None,
+                split=split,
                 combine=combine, dedupe=dedupe, orders=orders, pointwise_value=pointwise_value, tie_policy=tie_policy,
                 min_margin=min_margin, max_pairs_per_prompt=max_pairs_per_prompt, seed=seed, labels=labels,
                 augment=augment)

@@ -25,10 +25,11 @@ from . import alignment
 from .config import STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 
-PATH_FIELDS = ("model", "prompts", "lora")
+PATH_FIELDS = ("model", "prompts", "lora", "reg_images")
 # stage name in a pipeline YAML -> module with run(cfg) (and optionally format_summary)
 STAGE_MODULES = {"generate": "autofeedback.generate", "judge": "autofeedback.judge",
-                 "train_dpo": "autofeedback.train_dpo", "train_rwr": "autofeedback.train_rwr"}
+                 "pairs": "autofeedback.pairs", "train_dpo": "autofeedback.train_dpo",
+                 "train_rwr": "autofeedback.train_rwr"}
 
 
 def _describe(stage, name: str, summary: dict, cfg) -> str:

@@ -2,7 +2,7 @@
 
 Reads:   RUN/preferences.parquet (prompt, chosen_image_id, rejected_image_id), RUN/images.parquet (image)
 Writes:  RUN/<out>/lora/pytorch_lora_weights.safetensors   (LoRA: `pipe.load_lora_weights`, `generate --lora`)
-         RUN/<out>/unet/                                    (full fine-tune)
+         RUN/<out>/pipeline/                                (full fine-tune: the whole pipeline, tuned UNet)
          RUN/<out>/checkpoints/step-N/                      (accelerate state + step; resume picks the latest)
          RUN/<out>/metrics.jsonl, RUN/<out>/train.json      (loss, implicit accuracy, reward margins)
 
@@ -28,14 +28,17 @@ from .errors import InputError
 from .training import NonFiniteLoss, latest_checkpoint
 
 
-def load_pairs(run_dir: Path, limit: int | None) -> tuple[list[dict], dict[str, bytes]]:
+def load_pairs(run_dir: Path, limit: int | None, source: str | None = None) -> tuple[list[dict], dict[str, bytes]]:
     ppath = tables.table_path(run_dir, "preferences")
     if not tables.exists(ppath):
         raise InputError(f"{ppath}: no preferences table; run `autofeedback pairs {run_dir}` first")
     prefs = tables.read(ppath, "preferences", columns=["pair_id", "prompt", "chosen_image_id",
-                                                       "rejected_image_id"]).to_pylist()
+                                                       "rejected_image_id", "margin", "source"]).to_pylist()
+    if source:
+        prefs = [p for p in prefs if p["source"] and p["source"].startswith(source)]
+    prefs = [p for p in prefs if p["margin"] is None or p["margin"] > 0]  # ties (margin 0) carry no preference
     if not prefs:
-        raise InputError(f"{ppath}: the preferences table is empty")
+        raise InputError(f"{ppath}: no strict preference pairs" + (f" from source {source!r}" if source else ""))
     prefs.sort(key=lambda r: r["pair_id"])
     if limit:
         prefs = prefs[:limit]
@@ -68,7 +71,7 @@ def _loss(model_w, model_l, ref_w, ref_l, beta: float, kind: str):
 
 def run(cfg: TrainDPOConfig) -> dict:
     # 1. Check inputs.
-    prefs, images = load_pairs(Path(cfg.run_dir), cfg.max_pairs)
+    prefs, images = load_pairs(Path(cfg.run_dir), cfg.max_pairs, cfg.pairs_source)
     # 2. Load the pipeline (LoRA or full + frozen reference), resume from the latest checkpoint.
     s = training.setup(cfg, need_reference=True)
     if s.step >= cfg.steps:
@@ -121,7 +124,7 @@ def format_summary(s: dict, cfg: TrainDPOConfig) -> str:
     extra = ""
     if "final_loss" in s:
         extra = f", last-20-step loss {s['final_loss']:.4f}, implicit accuracy {s['final_implicit_acc']:.2f}"
-    return f"train dpo: {s['steps']} steps{extra} -> {s['lora'] or s['out']}"
+    return f"train dpo: {s['steps']} steps{extra} -> {s['lora'] or s.get('pipeline') or s['out']}"
 
 
 __all__ = ["run", "format_summary", "NonFiniteLoss", "latest_checkpoint"]

@@ -1,7 +1,7 @@
 """train rwr: Lee et al.'s reward-weighted likelihood on the UNet of an SD-family diffusers pipeline.
 
 Reads:   RUN/judgments.parquet (pointwise rows with status ok: label or score), RUN/images.parquet
-Writes:  RUN/<out>/lora/ (or unet/), checkpoints/, metrics.jsonl, train.json   (as train dpo)
+Writes:  RUN/<out>/lora/ (or pipeline/), checkpoints/, metrics.jsonl, train.json   (as train dpo)
 
     loss = mean_i r_i * ||target - model(x_t, t, prompt_i)||^2   over the model's judged samples
          + reg_weight * mean_j ||target - model(...)||^2         over the regularizer set
@@ -58,17 +58,37 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
                 continue
             lo, hi = span[r["judge"]]
             by_image[r["image_ids"][0]].append((r["score"] - lo) / (hi - lo) if hi > lo else 1.0)
-    images = tables.read(tables.table_path(run_dir, "images"), "images", columns=["image_id", "prompt"]).to_pylist()
+    images = tables.read(tables.table_path(run_dir, "images"), "images",
+                         columns=["image_id", "prompt", "prompt_id", "model"]).to_pylist()
+    allowed = _allowed_images(run_dir, images, cfg.split, cfg.images_model)
     prompt = {r["image_id"]: r["prompt"] for r in images}
-    return [{"image_id": i, "prompt": prompt[i], "reward": float(np.mean(v))}
-            for i, v in sorted(by_image.items()) if i in prompt]
+    out = [{"image_id": i, "prompt": prompt[i], "reward": float(np.mean(v))}
+           for i, v in sorted(by_image.items()) if i in allowed]
+    if not out:
+        raise InputError(f"{jpath}: no judged images left after the filters (split={cfg.split!r}, "
+                         f"images_model={cfg.images_model!r})")
+    return out
+
+
+def _allowed_images(run_dir: Path, images: list[dict], split: str | None, model: str | None) -> set[str]:
+    if split is not None:
+        prompts = tables.read(tables.table_path(run_dir, "prompts"), "prompts", columns=["prompt_id", "split"])
+        in_split = {p for p, s in zip(prompts.column("prompt_id").to_pylist(), prompts.column("split").to_pylist())
+                    if s == split}
+        images = [r for r in images if r["prompt_id"] in in_split]
+    if model is not None:
+        images = [r for r in images if r["model"] == model]
+    return {r["image_id"] for r in images}
 
 
 def run(cfg: TrainRWRConfig) -> dict:
     # 1. Check inputs: rewards for the run's samples, and the regularizer set.
     samples = load_rewards(cfg)
     reg_table = cfg.reg_images or tables.table_path(cfg.run_dir, "images")
-    reg = tables.read(reg_table, "images", columns=["image_id", "prompt"]).to_pylist()
+    reg = tables.read(reg_table, "images", columns=["image_id", "prompt", "prompt_id", "model"]).to_pylist()
+    if cfg.reg_images is None:  # the run's own images: the same filters as the rewarded samples
+        keep = _allowed_images(Path(cfg.run_dir), reg, cfg.split, cfg.images_model)
+        reg = [r for r in reg if r["image_id"] in keep]
     if not reg and cfg.reg_weight:
         raise InputError(f"{reg_table}: the regularizer set is empty")
     images = image_bytes(Path(cfg.run_dir), {x["image_id"] for x in samples}, "rewarded")
@@ -127,4 +147,4 @@ def run(cfg: TrainRWRConfig) -> dict:
 
 def format_summary(s: dict, cfg: TrainRWRConfig) -> str:
     extra = f", last-20-step loss {s['final_loss']:.4f}" if "final_loss" in s else ""
-    return f"train rwr: {s['steps']} steps{extra} -> {s['lora'] or s['out']}"
+    return f"train rwr: {s['steps']} steps{extra} -> {s['lora'] or s.get('pipeline') or s['out']}"

@@ -210,7 +210,7 @@ def changes(unet, watch: dict) -> dict:
 
 
 def finish(cfg, s: Setup, history: list[dict]) -> dict:
-    """Save the weights (LoRA for load_lora_weights, or the full UNet) and train.json."""
+    """Save the weights (LoRA for load_lora_weights, or a full pipeline) and train.json."""
     s.accelerator.wait_for_everyone()
     summary: dict = {"steps": s.step, "out": str(s.out_dir), "lora": None}
     if s.accelerator.is_main_process:
@@ -227,8 +227,10 @@ def finish(cfg, s: Setup, history: list[dict]) -> dict:
                 lora_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(model)),
                 safe_serialization=True)
             summary["lora"] = str(lora_dir)
-        else:
-            model.save_pretrained(s.out_dir / "unet")
+        else:  # a complete pipeline with the tuned UNet: `generate --model RUN/<out>/pipeline`
+            s.pipe.unet = model
+            s.pipe.save_pretrained(s.out_dir / "pipeline")
+            summary["pipeline"] = str(s.out_dir / "pipeline")
         if history:
             last = history[-min(len(history), 20):]
             summary["final_loss"] = round(float(np.mean([h["loss"] for h in last])), 6)

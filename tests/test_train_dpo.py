@@ -55,7 +55,7 @@ def test_smoke_changes_every_lora_parameter_and_nothing_else(pref_run, tiny_mode
 def test_full_fine_tune_keeps_a_frozen_reference(pref_run, tiny_model):
     s = train_dpo.run(_cfg(pref_run, tiny_model, lora_rank=0))
     p = s["parameters"]
-    assert s["lora"] is None and (pref_run / "dpo" / "unet" / "config.json").exists()
+    assert s["lora"] is None and (pref_run / "dpo" / "pipeline" / "model_index.json").exists()
     assert p["frozen_changed"] == 0 and p["changed_params"] >= 0.9 * p["trainable_params"]
 
 
