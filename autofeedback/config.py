@@ -35,6 +35,9 @@ class GenerateConfig(StageConfig):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weights dtype (bfloat16 is ~2x faster on CPUs with AMX/AVX512-BF16, and on GPUs)")
     channels_last: bool = Field(True, description="channels-last memory format for the UNet and VAE (faster convs)")
+    compile: bool = Field(False, description="torch.compile the UNet (pays a one-off compile; for long GPU runs)")
+    vae_slicing: bool = Field(False, description="decode the VAE one image at a time (less memory for big batches)")
+    vae_tiling: bool = Field(False, description="decode the VAE in tiles (large images on small GPUs)")
     lora: str | None = Field(None, description="LoRA weights (a folder or .safetensors) loaded with load_lora_weights")
     model_name: str | None = Field(None, description="name recorded in the table (default: the model argument)")
     negative_prompt: str | None = Field(None, description="negative prompt for every image")

@@ -75,7 +75,8 @@ def check_model_path(model: str) -> None:
 
 
 def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora: str | None = None,
-                  channels_last: bool = False):
+                  channels_last: bool = False, compile: bool = False, vae_slicing: bool = False,
+                  vae_tiling: bool = False):
     """A diffusers pipeline on `device`; errors name the model and what went wrong."""
     import torch
     from diffusers import DiffusionPipeline
@@ -107,6 +108,14 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora:
             module = getattr(pipe, name, None)
             if module is not None:
                 module.to(memory_format=torch.channels_last)
+    # attention: diffusers uses torch's scaled_dot_product_attention (flash / memory-efficient kernels) by default
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and vae_slicing:
+        vae.enable_slicing()
+    if vae is not None and vae_tiling:
+        vae.enable_tiling()
+    if compile and getattr(pipe, "unet", None) is not None:
+        pipe.unet = torch.compile(pipe.unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -170,7 +179,8 @@ def run(cfg: GenerateConfig) -> dict:
         if mine:
             # 3. Load the pipeline.
             device = str(state.device) if state and cfg.device != "cpu" else cfg.device
-            pipe = load_pipeline(cfg.model, device, cfg.dtype, cfg.lora, cfg.channels_last)
+            pipe = load_pipeline(cfg.model, device, cfg.dtype, cfg.lora, cfg.channels_last, cfg.compile,
+                                 cfg.vae_slicing, cfg.vae_tiling)
             sampler = type(pipe.scheduler).__name__
             # 4. Generate in batches across prompts; write a shard every `flush_every` images.
             t0 = time.perf_counter()

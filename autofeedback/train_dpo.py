@@ -97,12 +97,7 @@ def run(cfg: TrainDPOConfig) -> dict:
             loss, z = _loss(mw, ml, rw, rl, cfg.beta, cfg.loss)
             if cfg.sft_weight:
                 loss = loss + cfg.sft_weight * mw.mean()
-            training.check_finite(loss, s)
-            s.accelerator.backward(loss)
-            if s.accelerator.sync_gradients and cfg.max_grad_norm:
-                s.accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
-            s.opt.step()
-            s.opt.zero_grad(set_to_none=True)
+            training.optimize(s, loss, cfg)
         if s.accelerator.sync_gradients:
             s.step += 1
             rec = {"step": s.step, "loss": round(loss.item(), 6),
@@ -110,13 +105,9 @@ def run(cfg: TrainDPOConfig) -> dict:
                    "reward_margin": round(float(z.detach().mean()), 6),
                    "mse_w": round(float(mw.detach().mean()), 6), "mse_l": round(float(ml.detach().mean()), 6),
                    "seconds": round(time.perf_counter() - t0, 2), "processes": world}
-            history.append(rec)
-            training.log_step(s, rec, cfg.log_every, cfg.steps,
-                              f"dpo step {s.step}/{cfg.steps} loss {rec['loss']:.4f} implicit acc "
-                              f"{rec['implicit_acc']:.2f} margin {rec['reward_margin']:+.4f}")
-            if cfg.checkpoint_every and (s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps):
-                training.checkpoint(s, cfg.keep_checkpoints)
-    # 4. Save LoRA weights (or the UNet) and train.json.
+            training.end_step(s, cfg, rec, history, f"dpo step {s.step}/{cfg.steps} loss {rec['loss']:.4f} implicit "
+                                                    f"acc {rec['implicit_acc']:.2f} margin {rec['reward_margin']:+.4f}")
+    # 4. Save LoRA weights (or the pipeline) and train.json.
     return training.finish(cfg, s, history)
 
 

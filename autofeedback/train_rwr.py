@@ -126,22 +126,13 @@ def run(cfg: TrainRWRConfig) -> dict:
             weighted = (r * mse[:cfg.batch_size]).mean()
             reg_loss = mse[cfg.batch_size:].mean() if cfg.reg_weight else torch.zeros((), device=mse.device)
             loss = weighted + cfg.reg_weight * reg_loss
-            training.check_finite(loss, s)
-            s.accelerator.backward(loss)
-            if s.accelerator.sync_gradients and cfg.max_grad_norm:
-                s.accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
-            s.opt.step()
-            s.opt.zero_grad(set_to_none=True)
+            training.optimize(s, loss, cfg)
         if s.accelerator.sync_gradients:
             s.step += 1
             rec = {"step": s.step, "loss": round(loss.item(), 6), "weighted": round(weighted.item(), 6),
                    "reg": round(float(reg_loss.detach()), 6), "seconds": round(time.perf_counter() - t0, 2)}
-            history.append(rec)
-            training.log_step(s, rec, cfg.log_every, cfg.steps,
-                              f"rwr step {s.step}/{cfg.steps} loss {rec['loss']:.4f} (weighted {rec['weighted']:.4f}, "
-                              f"reg {rec['reg']:.4f})")
-            if cfg.checkpoint_every and (s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps):
-                training.checkpoint(s, cfg.keep_checkpoints)
+            training.end_step(s, cfg, rec, history, f"rwr step {s.step}/{cfg.steps} loss {rec['loss']:.4f} (weighted "
+                                                    f"{rec['weighted']:.4f}, reg {rec['reg']:.4f})")
     return training.finish(cfg, s, history)
 
 

@@ -174,6 +174,24 @@ def checkpoint(s: Setup, keep: int) -> None:
     s.accelerator.wait_for_everyone()
 
 
+def optimize(s: Setup, loss, cfg) -> None:
+    """Stop on a non-finite loss; else backward, clip, step (accelerate handles accumulation)."""
+    check_finite(loss, s)
+    s.accelerator.backward(loss)
+    if s.accelerator.sync_gradients and cfg.max_grad_norm:
+        s.accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
+    s.opt.step()
+    s.opt.zero_grad(set_to_none=True)
+
+
+def end_step(s: Setup, cfg, rec: dict, history: list[dict], text: str) -> None:
+    """After an optimizer step: record, log, and checkpoint every cfg.checkpoint_every steps and at the end."""
+    history.append(rec)
+    log_step(s, rec, cfg.log_every, cfg.steps, text)
+    if cfg.checkpoint_every and (s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps):
+        checkpoint(s, cfg.keep_checkpoints)
+
+
 def check_finite(loss, s: Setup) -> None:
     import torch
 

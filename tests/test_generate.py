@@ -98,3 +98,9 @@ def test_killed_generate_resumes_to_the_same_table(tmp_path, tiny_model):
     assert set(raw) == set(ref.column("image_id").to_pylist())
     ref_px = {r["image_id"]: _pixels(r) for r in ref.to_pylist()}
     assert all(np.array_equal(_pixels(r), ref_px[r["image_id"]]) for r in final.to_pylist())
+
+
+def test_vae_slicing_and_tiling_keep_the_table_valid(tmp_path, tiny_model):
+    s = generate.run(_cfg(tmp_path, tiny_model, vae_slicing=True, vae_tiling=True, limit=2, images_per_prompt=1))
+    assert s["new"] == 2
+    assert all(_pixels(r).shape == (32, 32, 3) for r in tables.read(tmp_path / "images.parquet", "images").to_pylist())
