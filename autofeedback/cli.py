@@ -93,7 +93,9 @@ def generate(
 @user_errors
 def judge(
     run_dir: Path = typer.Argument(..., help=_help(JudgeConfig, "run_dir")),
-    judge: str = typer.Option("shapes", "--judge", "-j", help=_help(JudgeConfig, "judge")),
+    judge: list[str] = typer.Option(["shapes"], "--judge", "-j", help=_help(JudgeConfig, "judge")
+                                    + " (repeatable: the judges run one after another, each keeps its own rows; "
+                                      "--max-cost applies to each)"),
     mode: str = typer.Option("pointwise", help=_help(JudgeConfig, "mode")),
     template: Optional[str] = typer.Option(None, help=_help(JudgeConfig, "template")),
     limit: Optional[int] = typer.Option(None, help=_help(JudgeConfig, "limit")),
@@ -121,11 +123,14 @@ def judge(
     jpeg_quality: int = typer.Option(90, help=_help(JudgeConfig, "jpeg_quality")),
 ):
     """Images -> judgments (RUN/judgments.parquet): the shapes checker, or any OpenAI-compatible VLM."""
-    cfg = build(JudgeConfig, "judge", **{k: v for k, v in locals().items()})
+    values = {k: v for k, v in locals().items()}
+    names = list(dict.fromkeys(values.pop("judge") or ["shapes"]))
+    cfgs = [build(JudgeConfig, "judge", judge=name, **values) for name in names]  # check every judge first
     _quiet_libraries()
     from . import judge as stage
 
-    typer.echo(stage.format_summary(stage.run(cfg), cfg))
+    for cfg in cfgs:
+        typer.echo(stage.format_summary(stage.run(cfg), cfg))
 
 
 @app.command("serve-checker")
@@ -184,8 +189,37 @@ def eval_(
     html: bool = typer.Option(True, help=_help(EvalConfig, "html")),
     grid: int = typer.Option(8, help=_help(EvalConfig, "grid")),
     wait: bool = typer.Option(False, "--wait", help=_help(EvalConfig, "wait")),
+    ensemble: list[str] = typer.Option([], "--ensemble", help=_help(EvalConfig, "ensemble")
+                                       + " (repeatable or comma-separated; 'all' = every method)"),
+    ensemble_judge: list[str] = typer.Option([], "--ensemble-judge", help=_help(EvalConfig, "ensemble_judges")
+                                             + " (repeatable)"),
+    folds: int = typer.Option(5, help=_help(EvalConfig, "folds")),
+    ridge: float = typer.Option(1.0, help=_help(EvalConfig, "ridge")),
+    calibration: Optional[str] = typer.Option(None, help=_help(EvalConfig, "calibration")),
+    aligned_threshold: Optional[float] = typer.Option(None, help=_help(EvalConfig, "aligned_threshold")),
+    ece_bins: int = typer.Option(10, help=_help(EvalConfig, "ece_bins")),
+    judge_cost: list[str] = typer.Option([], "--judge-cost", help=_help(EvalConfig, "judge_cost") + " (repeatable)"),
+    budget: Optional[float] = typer.Option(None, help=_help(EvalConfig, "budget")),
 ):
     """Agreement of judges with human labels + model before/after -> RUN/report/{metrics.json,report.html}."""
+    from .ensemble import METHODS
+
+    methods: list[str] = []
+    for item in ensemble:
+        for m in (x.strip() for x in item.split(",")):
+            if m == "all":
+                methods += [x for x in METHODS if x not in methods]
+            elif m and m not in methods:
+                methods.append(m)
+    costs = {}
+    for item in judge_cost:
+        name, eq, usd = item.rpartition("=")
+        try:
+            costs[name.strip()] = float(usd)
+        except ValueError:
+            raise InputError(f"--judge-cost {item!r}: expected NAME=USD, e.g. gpt-4o=1.25") from None
+        if not eq or not name.strip():
+            raise InputError(f"--judge-cost {item!r}: expected NAME=USD, e.g. gpt-4o=1.25")
     column_map = {}
     for item in map_:
         target, eq, source = item.partition("=")
@@ -195,7 +229,9 @@ def eval_(
     cfg = build(EvalConfig, "eval", run_dir=run_dir, human=human, judgments=judgments, run_judgments=run_judgments,
                 column_map=column_map, tie_policy=tie_policy, bootstrap=bootstrap, seed=seed, judge=judge,
                 models=[m.strip() for m in models.split(",") if m.strip()] if models else None, split=split,
-                min_rater_items=min_rater_items, html=html, grid=grid, wait=wait)
+                min_rater_items=min_rater_items, html=html, grid=grid, wait=wait, ensemble=methods,
+                ensemble_judges=ensemble_judge or None, folds=folds, ridge=ridge, calibration=calibration,
+                aligned_threshold=aligned_threshold, ece_bins=ece_bins, judge_cost=costs, budget=budget)
     from . import evaluate as stage
 
     stage.run(cfg, echo=typer.echo)
@@ -312,13 +348,14 @@ def pairs(
     labels: bool = typer.Option(True, help=_help(PairsConfig, "labels")),
     augment: int = typer.Option(4, help=_help(PairsConfig, "augment")),
     split: Optional[str] = typer.Option(None, help=_help(PairsConfig, "split")),
+    ensemble: Optional[str] = typer.Option(None, help=_help(PairsConfig, "ensemble")),
 ):
     """Judgments (or human labels) -> preference pairs, per-image labels and prompt augmentations."""
     cfg = build(PairsConfig, "pairs", run_dir=run_dir, source=source, judges=judge or None, modes=mode or None,
                 split=split,
                 combine=combine, dedupe=dedupe, orders=orders, pointwise_value=pointwise_value, tie_policy=tie_policy,
                 min_margin=min_margin, max_pairs_per_prompt=max_pairs_per_prompt, seed=seed, labels=labels,
-                augment=augment)
+                augment=augment, ensemble=ensemble)
     from . import pairs as stage
 
     typer.echo(stage.format_summary(stage.run(cfg)))
@@ -388,6 +425,46 @@ def publish(
     from . import publish as stage
 
     typer.echo(stage.format_summary(stage.run(cfg)))
+
+
+from .config import LabelConfig  # noqa: E402  (issue #9)
+
+
+@app.command()
+@user_errors
+def label(
+    run_dir: Path = typer.Argument(..., help=_help(LabelConfig, "run_dir")),
+    mode: str = typer.Option("pointwise", help=_help(LabelConfig, "mode")),
+    annotator: Optional[str] = typer.Option(None, help=_help(LabelConfig, "annotator")),
+    host: str = typer.Option("127.0.0.1", help=_help(LabelConfig, "host")),
+    port: int = typer.Option(8765, help=_help(LabelConfig, "port")),
+    order: str = typer.Option("random", help=_help(LabelConfig, "order")),
+    seed: int = typer.Option(0, help=_help(LabelConfig, "seed")),
+    max_pairs_per_prompt: Optional[int] = typer.Option(None, help=_help(LabelConfig, "max_pairs_per_prompt")),
+    token: Optional[str] = typer.Option(None, help=_help(LabelConfig, "token")),
+    export_label_studio: Optional[Path] = typer.Option(None, help=_help(LabelConfig, "export_label_studio")),
+    import_label_studio: Optional[Path] = typer.Option(None, help=_help(LabelConfig, "import_label_studio")),
+):
+    """Serve a local page to label the run's images by hand (keyboard shortcuts) -> RUN/human_labels.parquet."""
+    cfg = build(LabelConfig, "label", run_dir=run_dir, mode=mode, annotator=annotator, host=host, port=port,
+                order=order, seed=seed, max_pairs_per_prompt=max_pairs_per_prompt, token=token,
+                export_label_studio=export_label_studio, import_label_studio=import_label_studio)
+    from . import label_server as stage
+
+    if export_label_studio is not None and import_label_studio is not None:
+        raise InputError("give --export-label-studio or --import-label-studio, not both")
+    if export_label_studio is not None:
+        s = stage.export_label_studio(cfg, export_label_studio)
+        typer.echo(f"wrote {s['tasks']} tasks ({s['annotations']} annotations) to {s['file']}; "
+                   f"labeling config: {s['config']}")
+        return
+    if import_label_studio is not None:
+        s = stage.import_label_studio(cfg, import_label_studio)
+        typer.echo(f"read {s['labels']} labels of {len(s['annotators'])} annotators from {s['tasks']} tasks "
+                   f"({s['cancelled']} cancelled); {s['written']} new or changed rows written")
+        return
+    summary = stage.run(cfg, echo=typer.echo)
+    typer.echo(f"labels per annotator: {summary.get('annotators') or 'none'}")
 
 
 def main() -> None:  # console-script entry point

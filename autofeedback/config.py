@@ -196,6 +196,26 @@ class EvalConfig(StageConfig):
     html: bool = Field(True, description="write report/report.html")
     grid: int = Field(8, ge=1, le=64, description="images per grid in the report")
     wait: bool = Field(False, description="if another command is writing to RUN, wait for it instead of exiting")
+    # judge ensembles and calibration (issue #10; autofeedback/ensemble.py)
+    ensemble: list[Literal["zmean", "rankmean", "vote", "learned", "logistic"]] = Field(
+        default_factory=list, description="combine the pointwise judges per item: zmean (mean z-score), rankmean "
+                                          "(mean percentile rank), vote (share voting aligned), learned (ridge fit "
+                                          "to the human mean), logistic (P(aligned)); learned ones cross-fitted")
+    ensemble_judges: list[str] | None = Field(None, description="ensemble members: judge names or glob patterns, "
+                                                                "e.g. 'tifa_*' (default: every pointwise judge)")
+    folds: int = Field(5, ge=2, description="cross-fitting folds for learned ensembles and calibration (grouped by "
+                                            "prompt_id when every item has one)")
+    ridge: float = Field(1.0, ge=0, description="L2 penalty of the learned and logistic combinations")
+    calibration: Literal["isotonic", "platt"] | None = Field(
+        None, description="map each judge's scores to P(humans call it aligned), cross-fitted, and report ECE "
+                          "(default: isotonic when --ensemble is given, else off)")
+    aligned_threshold: float | None = Field(None, description="aligned = human mean >= this (default: min + 3/4 of "
+                                                              "the rating range: 4 on a 1-5 scale; yes/no labels: "
+                                                              "the majority label)")
+    ece_bins: int = Field(10, ge=2, le=100, description="equal-width bins of predicted probability for the ECE")
+    judge_cost: dict[str, float] = Field(default_factory=dict, description="USD per judge for the selection, "
+                                         "NAME=USD (overrides judgments.cost_usd; judges with no cost are free)")
+    budget: float | None = Field(None, ge=0, description="USD budget of the greedy judge selection (default: none)")
 
 
 # ------------------------------------------------------------------------ preference datasets (issue #5)
@@ -236,6 +256,9 @@ class PairsConfig(StageConfig):
     labels: bool = Field(True, description="also write labels.parquet: one pointwise label/score per image")
     augment: int = Field(4, ge=0, description="augmentations.parquet: N-1 perturbed prompts per labeled image "
                                               "(Lee et al.); 0 or 1 = none")
+    ensemble: Literal["zmean", "rankmean", "vote"] | None = Field(
+        None, description="combine the pointwise judges' scores per image into one judge before pairing: zmean "
+                          "(mean z-score), rankmean (mean percentile rank), vote (share voting aligned)")
 
 
 class ImportLabelsConfig(StageConfig):
@@ -282,6 +305,28 @@ class PublishConfig(StageConfig):
                                                    "cache of `hf auth login`); never printed or written")
     endpoint: str | None = Field(None, description="Hub endpoint (default $HF_ENDPOINT or huggingface.co)")
     commit_message: str | None = Field(None, description="commit message (default: what was exported)")
+
+
+class LabelConfig(StageConfig):
+    run_dir: Path = Field(description="run directory with images.parquet; human_labels.parquet is written here")
+    mode: Literal["pointwise", "pairwise"] = Field(
+        "pointwise", description="pointwise (one image: good/bad) or pairwise (two images of one prompt: A/B/tie)")
+    annotator: str | None = Field(None, description="annotator name (default: typed into the page)")
+    host: str = Field("127.0.0.1", description="address to listen on (127.0.0.1: this machine only)")
+    port: int = Field(8765, ge=0, le=65535, description="port to listen on (0 = any free port)")
+    order: Literal["random", "disagreements", "stratified"] = Field(
+        "random", description="item order: random (seeded), disagreements (items the judges disagree on first), "
+                              "stratified (round-robin over prompt categories)")
+    seed: int = Field(0, description="seed for the order, the pairwise sample and left/right sides")
+    max_pairs_per_prompt: int | None = Field(None, ge=1, description="pairwise: at most N pairs per prompt (seeded "
+                                                                     "sample; default all pairs)")
+    token: str | None = Field(None, description="token the page sends with every answer (default: a random one "
+                                                "per server start)")
+    export_label_studio: Path | None = Field(None, description="instead of serving: write the items (and the run's "
+                                                              "labels) as Label Studio tasks to this JSON file, "
+                                                              "and its labeling config next to it (.xml)")
+    import_label_studio: Path | None = Field(None, description="instead of serving: read a Label Studio JSON export "
+                                                              "of those tasks into human_labels")
 
 
 STEP_CONFIGS.update({"generate": GenerateConfig, "judge": JudgeConfig, "pairs": PairsConfig,

@@ -44,6 +44,11 @@ metrics.json, key reference (every metric is {"value", "ci95": [lo, hi], "n"}; n
                   choices that picked the image shown first)}}
   before_after   null unless RUN has pointwise judgments of >= 2 models on the same prompts; see
                  `before_after()`
+  ensembles      null unless --ensemble: judge ensembles (zmean, rankmean, vote; learned and logistic
+                 cross-fitted, out-of-fold) next to the member judges and the ceiling, and a greedy
+                 cost-budgeted judge selection (autofeedback/ensemble.py; docs/eval.md)
+  calibration    null unless --ensemble / --calibration: cross-fitted P(aligned) per judge, ECE, Brier,
+                 reliability bins
   eval           {created_at, run_dir, inputs, config}
 """
 
@@ -72,7 +77,7 @@ TIE = {"tie", "equal", "draw", "same", "both", "neither", "=", "0.5"}
 YES = {"true", "yes", "y", "1", "1.0", "good", "aligned", "correct", "pass"}
 NO = {"false", "no", "n", "0", "0.0", "bad", "misaligned", "wrong", "incorrect", "fail"}
 MAX_DISCRETE = 20          # a rating scale with at most this many values counts as categorical
-OWN_KEYS = ("agreement", "judge_health", "before_after", "eval")
+OWN_KEYS = ("agreement", "judge_health", "before_after", "eval", "ensembles", "calibration")
 
 
 # =============================================================================== the stage
@@ -127,6 +132,18 @@ def run(cfg: EvalConfig, echo=None) -> dict:
                                       seed=cfg.seed, min_rater_items=cfg.min_rater_items, images=images,
                                       prompts=prompts, human_source=str(human_path))
 
+    # 5b. Judge ensembles (cross-fitted), calibration to P(aligned), cost-aware selection (issue #10).
+    ensembles = calibration = None
+    if agreement is not None and (cfg.ensemble or cfg.calibration):
+        from . import ensemble
+
+        costs, cost_source = judge_costs(judges, cfg.judge_cost)
+        ensembles, calibration, notes = ensemble.evaluate(
+            agreement, cfg.ensemble, members=cfg.ensemble_judges, folds=cfg.folds, seed=cfg.seed, ridge=cfg.ridge,
+            threshold=cfg.aligned_threshold, calibration=cfg.calibration or "isotonic", bins=cfg.ece_bins,
+            costs=costs, cost_source=cost_source, budget=cfg.budget)
+        agreement["warnings"].extend(notes)
+
     # 6. Model before/after on the run's own pointwise judgments.
     ba = None
     if has_run_judgments and images is not None:
@@ -138,6 +155,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     # 7. Write metrics.json (merged, atomic) and the HTML report.
     metrics = {
         "agreement": agreement, "judge_health": health, "before_after": ba,
+        "ensembles": ensembles, "calibration": calibration,
         "eval": {"created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "run_dir": str(run_dir),
                  "inputs": {"human": None if human_path is None else str(human_path),
@@ -241,7 +259,7 @@ def read_ratings(path, mapping: dict[str, str] | None = None, nrows: int | None 
 def read_run_judgments(run_dir):
     path = tables.table_path(run_dir, "judgments")
     t = tables.read(path, "judgments", columns=["judge", "mode", "prompt_id", "image_ids", "label", "score",
-                                                "choice", "status", "details"])
+                                                "choice", "status", "details", "cost_usd"])
     return t.to_pandas()
 
 
@@ -380,7 +398,9 @@ def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = Fa
         "item_id": items, "rater": raters.tolist(), "kind": kinds, "value": np.asarray(values, dtype=np.float64),
         "category": [_text(v) for v in df["category"]] if "category" in cols else [None] * n,
         "prompt_id": [_text(v) for v in df["prompt_id"]] if "prompt_id" in cols else [None] * n,
-        "status": status.tolist(), "consistent": consistent, "alt_label": alt_label, "first_chosen": first_chosen,
+        "status": status.tolist(), "consistent": consistent,
+        "cost_usd": (pd.to_numeric(df["cost_usd"], errors="coerce").to_numpy(dtype=np.float64) if "cost_usd" in cols
+                     else np.full(n, np.nan)), "alt_label": alt_label, "first_chosen": first_chosen,
         "first_sign": first_sign, "shown": shown, "source": where,
     })
     # a judge used in several modes (pointwise, pairwise, vqa...) is one rater per mode
@@ -471,6 +491,22 @@ def _merge_sources(frames):
                 seen[r] = src
         fixed.append(f)
     return pd.concat(fixed, ignore_index=True)
+
+
+def judge_costs(judges, option: dict[str, float] | None) -> tuple[dict[str, float], dict[str, str]]:
+    """USD per judge: --judge-cost NAME=USD when given, else the sum of its rows' cost_usd (every row,
+    ok or not: failed calls cost too), else free (0)."""
+    costs: dict[str, float] = {}
+    source: dict[str, str] = {}
+    if judges is not None and "cost_usd" in judges:
+        for name, c in judges.groupby("rater")["cost_usd"]:
+            if c.notna().any():
+                costs[name] = float(c.sum())
+                source[name] = "judgments.cost_usd"
+    for name, usd in (option or {}).items():
+        costs[name] = float(usd)
+        source[name] = "--judge-cost"
+    return costs, source
 
 
 # ============================================================================ judge health
@@ -670,7 +706,8 @@ def compute_agreement(human, judges, tie_policy: str = "half", n_boot: int = 200
         "judges": judge_out,
         "baselines": baselines,
         "warnings": notes,
-        "_items": {"ids": items, "mean": ref.mean, "vectors": judge_vectors},  # for the report; not written
+        "_items": {"ids": items, "mean": ref.mean, "vectors": judge_vectors,  # for the report; not written
+                   "majority": ref.majority, "values": ref.values, "ctx": ctx},   # for autofeedback.ensemble
     }
 
 

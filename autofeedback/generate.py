@@ -9,8 +9,8 @@ Resume:  image_id = hash(model fingerprint, prompt_id, seed, sampler settings, L
          Each image's seed is derived from (base seed, prompt_id, index) and recorded: same seed, same pixels,
          whatever the batch or the number of processes (for the same torch build, device and thread count:
          float reductions may round differently across those).
-Scale:   under `accelerate launch` (processes, GPUs, nodes) the images left to do are split between the
-         processes; each writes its own shards (tagged with its rank), which read as one table.
+Scale:   under `accelerate launch` (processes, GPUs, nodes) the batches left to do are dealt round-robin
+         to the processes; each writes its own shards (tagged with its rank), which read as one table.
 """
 
 from __future__ import annotations
@@ -175,7 +175,10 @@ def run(cfg: GenerateConfig) -> dict:
                           "prompts")
         summary = {"planned": len(planned), "skipped": len(planned) - len(todo), "new": 0,
                    "seconds": 0.0, "images_per_s": None, "processes": world}
-        mine = todo[rank::world]
+        # batches are the unit of work: rank r takes batches r, r+W, r+2W... so every image is computed in
+        # exactly the batch it would be in one process (CPU kernels are not bitwise batch-invariant)
+        batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)][rank::world]
+        mine = [item for batch in batches for item in batch]
         if mine:
             # 3. Load the pipeline.
             device = str(state.device) if state and cfg.device != "cpu" else cfg.device
@@ -187,8 +190,7 @@ def run(cfg: GenerateConfig) -> dict:
             pending: list[dict] = []
             bar = _progress(len(mine), cfg.progress and rank == 0)
             model_name = cfg.model_name or (f"{cfg.model}+lora:{cfg.lora}" if cfg.lora else cfg.model)
-            for start in range(0, len(mine), cfg.batch_size):
-                batch = mine[start:start + cfg.batch_size]
+            for batch in batches:
                 arrays = generate_batch(pipe, batch, cfg, size, device)
                 created = tables.now()
                 for item, arr in zip(batch, arrays):

@@ -76,6 +76,8 @@ def run(cfg: PairsConfig) -> dict:
     m = np.isin(mode, POINTWISE_MODES) & ok
     if m.any():
         point = _pointwise_values(cfg, rows, m, voters, img_dict, prompt_dict, summary)
+        if cfg.ensemble:
+            point = _ensemble_values(cfg, point, voters, summary)
         parts.append(_pointwise_votes(point, n_img))
     m = mode == "pairwise"
     if (m & ok).any():
@@ -152,6 +154,9 @@ def _load_votes_table(cfg: PairsConfig) -> tuple[pa.Table, dict]:
     else:
         cols = ["annotator", "mode", "prompt_id", "image_ids", "label", "score", "choice", "ranking"]
         t = tables.read(path, "human_labels", columns=cols).select(cols)
+        # a row with no value is a withdrawn label (`autofeedback label`'s undo): the annotator has no answer
+        t = t.filter(pc.invert(pc.and_(pc.and_(pc.is_null(t.column("label")), pc.is_null(t.column("score"))),
+                                       pc.and_(pc.is_null(t.column("choice")), pc.is_null(t.column("ranking"))))))
         n = t.num_rows
         t = t.rename_columns(["judge", *cols[1:]])
         t = t.append_column("template", pa.nulls(n, pa.string())).append_column(
@@ -286,6 +291,41 @@ def _pointwise_values(cfg, rows, mask, voters, img_dict, prompt_dict, summary) -
     sc, _ = mean_of(score)
     return {"voter": voter[first], "image": img[first], "prompt": prompt[first], "value": val,
             "label": lab_mean, "score": sc, "contradictory": contradictory}
+
+
+def _ensemble_values(cfg, point: dict, voters: _Voters, summary) -> dict:
+    """--ensemble: the pointwise judges' scores (labels where a judge has no score) combined per image by
+    autofeedback.ensemble (zmean / rankmean / vote) into one voter, `METHOD(JUDGE/MODE+...)`; its label is
+    the majority of the members' labels (or, for score-only members, of their votes)."""
+    from . import ensemble
+
+    good = ~point["contradictory"]
+    p = {k: v[good] for k, v in point.items()}
+    members = np.unique(p["voter"])
+    if len(members) < 2:
+        raise InputError(f"--ensemble {cfg.ensemble}: needs >= 2 pointwise judges, have "
+                         f"{', '.join(voters.names[v] for v in members) or 'none'} (add --judge A --judge B)")
+    img, inv_img = np.unique(p["image"], return_inverse=True)
+    col = np.searchsorted(members, p["voter"])
+    X = np.full((len(img), len(members)), np.nan)
+    X[inv_img, col] = np.where(np.isfinite(p["score"]), p["score"], p["label"])
+    L = np.full((len(img), len(members)), np.nan)
+    L[inv_img, col] = p["label"]
+    V = ensemble.votes(X)
+    L = np.where(np.isfinite(L), L, V)
+    value = ensemble.combine(X, cfg.ensemble)
+    share = ensemble._rowmean(L)
+    label = np.where(share > 0.5, 1.0, np.where(share < 0.5, 0.0, np.nan))
+    prompt = np.zeros(len(img), np.int64)
+    prompt[inv_img] = p["prompt"]
+    name = f"{cfg.ensemble}(" + "+".join(sorted(voters.names[v] for v in members)) + ")"
+    voters.names.append(name)
+    voters.keys.append([cfg.ensemble, "pointwise", ""])
+    code = len(voters.names) - 1
+    summary["voters"][name] = {"mode": "pointwise", "compares": f"{cfg.ensemble} of {len(members)} judges",
+                               "members": sorted(voters.names[v] for v in members)}
+    return {"voter": np.full(len(img), code, np.int64), "image": img, "prompt": prompt, "value": value,
+            "label": label, "score": value, "contradictory": np.zeros(len(img), bool)}
 
 
 def _pairs_within(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -82,6 +82,7 @@ def format_terminal(metrics: dict) -> str:
                      f"{ag['pairwise_unit']}, tie policy '{ag['tie_policy']}'")
         for w in ag.get("warnings", []):
             lines.append(f"warning: {w}")
+    lines += ensemble_terminal(metrics.get("ensembles"), metrics.get("calibration"), ag)
     health = metrics.get("judge_health") or {}
     flagged = {k: v for k, v in health.items()
                if v["error_rate"] > 0 or v.get("position_consistency") or v.get("first_position_rate")}
@@ -113,6 +114,50 @@ def format_terminal(metrics: dict) -> str:
     if not lines:
         lines.append("nothing to report: no human labels and no before/after comparison")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def ensemble_rows(ens: dict, ag: dict) -> list[tuple[str, str, dict, int | None]]:
+    """(label, kind, metrics, n) rows side by side: each member judge, each ensemble, the human ceiling."""
+    primary = ens["primary_metric"]
+    rows = [(name, "judge", ag["judges"][name]["metrics"], ag["judges"][name]["n_items"]) for name in ens["members"]]
+    rows.sort(key=lambda r: -((r[2].get(primary) or {}).get("value") or -9))
+    for method, r in ens["results"].items():
+        label = f"ensemble: {method}" + (" (out-of-fold)" if r["out_of_fold"] else "")
+        rows.append((label, "ensemble", r["metrics"], r["n_items"]))
+    if ens.get("ceiling"):
+        rows.append(("human ceiling (rater vs rater)", "ceiling", ens["ceiling"], None))
+    return rows
+
+
+def ensemble_terminal(ens: dict | None, cal: dict | None, ag: dict | None) -> list[str]:
+    lines: list[str] = []
+    if ens and ag:
+        cols = ["spearman", "kendall_tau_b", "pairwise_accuracy"]
+        rows = ensemble_rows(ens, ag)
+        width = max(len(r[0]) for r in rows) + 2
+        header = f"{'':<{width}}{'n':>5}  " + "".join(f"{METRIC_NAMES[c]:<24}" for c in cols)
+        lines += ["", f"judge ensembles of {len(ens['members'])} judges (learned: {ens['folds']}-fold cross-fitting "
+                      f"grouped by {ens['fold_unit']}, out-of-fold predictions only)", header,
+                  "-" * len(header.rstrip())]
+        for label, _, m, n in rows:
+            lines.append(f"{label:<{width}}{'' if n is None else n:>5}  " + "".join(f"{_fmt(m.get(c)):<24}"
+                                                                                  for c in cols))
+        sel = ens.get("selection")
+        if sel and sel["steps"]:
+            budget = "no budget" if sel["budget_usd"] is None else f"budget ${sel['budget_usd']:g}"
+            lines.append(f"greedy selection ({budget}; z-mean Spearman; most gain per dollar, free judges first):")
+            for k, st in enumerate(sel["steps"], 1):
+                lines.append(f"  {k}. + {st['judge']:<28} ${st['cost_usd']:<8.4g} total ${st['total_cost_usd']:<8.4g} "
+                             f"{_fmt(st['metric'])}  (+{st['gain']:.3f})")
+    if cal:
+        lines += ["", f"calibration to P(aligned), aligned = {cal['aligned']} (rate {cal['aligned_rate']:.3f}); "
+                      f"{cal['method']}, {cal['folds']}-fold cross-fitted; ECE over {cal['bins']} equal-width bins"]
+        width = max([len(k) for k in cal["judges"]] + [10]) + 2
+        header = f"{'':<{width}}{'ECE':<24}{'Brier':<24}{'ECE of raw score':<24}"
+        lines += [header, "-" * len(header.rstrip())]
+        for name, c in sorted(cal["judges"].items(), key=lambda kv: (kv[1]["brier"]["value"] or 9)):
+            lines.append(f"{name:<{width}}{_fmt(c['ece']):<24}{_fmt(c['brier']):<24}{_fmt(c.get('ece_raw')):<24}")
+    return lines
 
 
 # =============================================================================== plots
@@ -376,6 +421,75 @@ def _agreement_html(ag: dict) -> str:
     return "".join(out)
 
 
+def plot_reliability(cal: dict, max_curves: int = 8) -> str | None:
+    """Reliability diagram: mean predicted P(aligned) vs the share humans call aligned, per bin."""
+    curves = sorted(cal["judges"].items(), key=lambda kv: (kv[1]["brier"]["value"] or 9))[:max_curves]
+    if not curves:
+        return None
+    fig = _figure(5.2, 4.4)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", ls="--", lw=1, label="perfectly calibrated")
+    for k, (name, c) in enumerate(curves):
+        pts = c["reliability"]
+        ax.plot([p["mean_pred"] for p in pts], [p["frac_aligned"] for p in pts], "o-", ms=3, lw=1.3,
+                color=COLORS[k % len(COLORS)], label=f"{name} (ECE {c['ece']['value']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted P(aligned), bin mean")
+    ax.set_ylabel("share the humans call aligned")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"Reliability ({cal['method']}, cross-fitted; {cal['bins']} bins)", fontsize=10)
+    return _png(fig)
+
+
+def _ensembles_html(ens: dict | None, cal: dict | None, ag: dict | None) -> str:
+    out = ['<section id="ensembles"><h2>Judge ensembles and calibration</h2>']
+    if ens and ag:
+        cols = ["spearman", "kendall_tau_b", "pairwise_accuracy"]
+        out.append(f'<p>{len(ens["members"])} member judges; <code>zmean</code>, <code>rankmean</code> and '
+                   f'<code>vote</code> use no human labels; <code>learned</code> (ridge on z-scores, fitted to the '
+                   f'human mean) and <code>logistic</code> (P(aligned)) are cross-fitted over {ens["folds"]} folds '
+                   f'grouped by <code>{_e(ens["fold_unit"])}</code>: every number is on out-of-fold predictions. '
+                   f'Missing scores: {_e(ens["missing"])}.</p>')
+        out.append('<table class="sortable"><thead><tr><th>judge / ensemble</th><th>items</th>'
+                   + "".join(f"<th>{_e(METRIC_NAMES[c])}</th>" for c in cols) + "</tr></thead><tbody>")
+        for label, kind, m, n in ensemble_rows(ens, ag):
+            out.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
+                       f'{"" if n is None else n}</td>' + "".join(_cell(m.get(c)) for c in cols) + "</tr>")
+        out.append("</tbody></table>")
+        sel = ens.get("selection")
+        if sel and sel["steps"]:
+            budget = "no budget" if sel["budget_usd"] is None else f"budget ${sel['budget_usd']:g}"
+            out.append(f"<h3>Greedy judge selection ({_e(budget)})</h3><p>Each step adds the judge with the largest "
+                       "gain in the z-mean's Spearman ρ per dollar (free judges first). Costs: "
+                       + ", ".join(f"<code>{_e(j)}</code> ${c:g} ({_e(sel['cost_source'][j])})"
+                                   for j, c in sel["costs_usd"].items()) + f". {_e(sel['note'])}.</p>")
+            out.append("<table><thead><tr><th>step</th><th>adds</th><th>cost</th><th>total cost</th>"
+                       "<th>Spearman ρ of the z-mean</th><th>gain</th></tr></thead><tbody>")
+            for k, st in enumerate(sel["steps"], 1):
+                out.append(f"<tr><td>{k}</td><td>{_e(st['judge'])}</td><td>${st['cost_usd']:g}</td>"
+                           f"<td>${st['total_cost_usd']:g}</td>{_cell(st['metric'])}<td>+{st['gain']:.3f}</td></tr>")
+            out.append("</tbody></table>")
+    if cal:
+        out.append(f"<h3>Calibration</h3><p>Each judge's score mapped to the probability that the humans call the "
+                   f"image aligned ({_e(cal['aligned'])}; {cal['aligned_rate']:.1%} of items) by "
+                   f"<code>{_e(cal['method'])}</code> regression, cross-fitted over {cal['folds']} folds grouped by "
+                   f"<code>{_e(cal['fold_unit'])}</code>. ECE: {_e(cal['ece'])}. ECE of the raw score: when the raw "
+                   f"score already lies in [0, 1].</p>")
+        out.append("<table class=\"sortable\"><thead><tr><th>judge</th><th>items</th><th>ECE</th><th>Brier</th>"
+                   "<th>ECE of raw score</th></tr></thead><tbody>")
+        for name, c in sorted(cal["judges"].items(), key=lambda kv: (kv[1]["brier"]["value"] or 9)):
+            out.append(f"<tr><td>{_e(name)}</td><td>{c['n_items']}</td>{_cell(c['ece'])}{_cell(c['brier'])}"
+                       f"{_cell(c.get('ece_raw'))}</tr>")
+        out.append("</tbody></table>")
+        b64 = plot_reliability(cal)
+        if b64:
+            out.append(_img(b64, "reliability diagram"))
+    out.append("</section>")
+    return "".join(out)
+
+
 def _health_html(health: dict) -> str:
     if not health:
         return ""
@@ -464,13 +578,16 @@ def render_html(metrics: dict, grids: list[dict] | None = None) -> str:
     body = []
     if metrics.get("agreement"):
         body.append(_agreement_html(metrics["agreement"]))
+    if metrics.get("ensembles") or metrics.get("calibration"):
+        body.append(_ensembles_html(metrics.get("ensembles"), metrics.get("calibration"), metrics.get("agreement")))
     body.append(_health_html(metrics.get("judge_health") or {}))
     if metrics.get("before_after"):
         body.append(_before_after_html(metrics["before_after"]))
     body.append(_grids_html(grids or []))
     if not any(body):
         body.append('<section><p>Nothing to report: no human labels and no before/after comparison.</p></section>')
-    sections = (("agreement", "Agreement", "agreement"), ("health", "Judge health", "judge_health"),
+    sections = (("agreement", "Agreement", "agreement"), ("ensembles", "Ensembles", "ensembles"),
+                ("health", "Judge health", "judge_health"),
                 ("before-after", "Before / after", "before_after"))
     nav = [(sid, name) for sid, name, key in sections if metrics.get(key)]
     if grids:

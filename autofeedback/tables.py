@@ -192,18 +192,26 @@ def read(path: str | Path, table_name: str, columns: Sequence[str] | None = None
         return empty(table_name)
     key = KEYS[table_name]
     read_cols = None if columns is None else list(dict.fromkeys([key, *columns]))
+    # created_at picks the newest row of a key, so it is read even when not asked for (and dropped after)
+    extra = read_cols is not None and "created_at" not in read_cols and "created_at" in SCHEMAS[table_name].names
     parts = []
     for shard in shards:
         try:
-            t = pq.read_table(shard, columns=read_cols if read_cols and _has(shard, read_cols) else None)
+            cols = read_cols
+            if extra and "created_at" in pq.read_schema(shard).names:
+                cols = [*read_cols, "created_at"]
+            t = pq.read_table(shard, columns=cols if cols and _has(shard, cols) else None)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{shard}: not a readable Parquet file ({exc})") from None
-        parts.append(conform(t, table_name, shard, read_cols))
+        parts.append(conform(t, table_name, shard, cols))
     if len(parts) == 1:
         table = parts[0]
     else:
         table = pa.concat_tables(parts, promote_options="permissive")
-    return _dedupe(table, key)
+    table = _dedupe(table, key)
+    if extra and "created_at" in table.column_names:
+        table = table.drop_columns(["created_at"])
+    return table
 
 
 def _has(shard: Path, cols: Sequence[str]) -> bool:
