@@ -330,4 +330,4 @@ class LabelConfig(StageConfig):
 
 
 STEP_CONFIGS.update({"generate": GenerateConfig, "judge": JudgeConfig, "pairs": PairsConfig,
-                     "train_dpo": TrainDPOConfig, "train_rwr": TrainRWRConfig})
+                     "train_dpo": TrainDPOConfig, "train_rwr": TrainRWRConfig, "eval": EvalConfig})

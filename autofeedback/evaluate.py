@@ -231,7 +231,12 @@ def read_ratings(path, mapping: dict[str, str] | None = None, nrows: int | None 
     path = Path(path)
     suffix = path.suffix.lower()
     try:
-        if path.is_dir() or suffix in (".parquet", ".pq"):
+        if path.is_dir() and path.name == "human_labels.parquet":
+            # a run's own table: one row per label_id, the newest (a re-label or an undo supersedes)
+            from . import tables
+
+            df = tables.read(path, "human_labels").to_pandas()
+        elif path.is_dir() or suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv", ".txt"):
             df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", nrows=nrows)

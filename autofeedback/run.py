@@ -8,7 +8,8 @@
     summary: {group_by: [split]}
 
 Every stage resumes, so re-running a finished pipeline does no new work. `--set generate.steps=10`
-overrides a field of every step of that stage (`--set 0.steps=10` only the first step).
+overrides a field of every step of that stage (`--set 0.steps=10` only the first step). A value may
+name the run directory as {run_dir} (e.g. `lora: "{run_dir}/dpo/lora"`, written by an earlier step).
 Writes RUN/report/metrics.json.
 """
 
@@ -29,7 +30,7 @@ PATH_FIELDS = ("model", "prompts", "lora", "reg_images")
 # stage name in a pipeline YAML -> module with run(cfg) (and optionally format_summary)
 STAGE_MODULES = {"generate": "autofeedback.generate", "judge": "autofeedback.judge",
                  "pairs": "autofeedback.pairs", "train_dpo": "autofeedback.train_dpo",
-                 "train_rwr": "autofeedback.train_rwr"}
+                 "train_rwr": "autofeedback.train_rwr", "eval": "autofeedback.evaluate"}
 
 
 def _describe(stage, name: str, summary: dict, cfg) -> str:
@@ -64,6 +65,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
     final_run_dir = Path(run_dir) if run_dir is not None else _resolve(base, pipe.run_dir, must_exist=False)
     configs = []
     for i, (name, settings) in enumerate(steps):
+        for key, value in settings.items():  # "{run_dir}/dpo/lora": outputs of earlier steps
+            if isinstance(value, str) and "{run_dir}" in value:
+                settings[key] = value.replace("{run_dir}", str(final_run_dir))
         for key in PATH_FIELDS:
             if isinstance(settings.get(key), str):
                 settings[key] = str(_resolve(base, Path(settings[key]), must_exist=True))
