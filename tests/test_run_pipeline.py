@@ -57,3 +57,21 @@ def test_main_job_end_to_end(tmp_path):
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
     held = metrics["alignment"]["groups"]["heldout"]["metrics"]["aligned"]["rate"]
     assert 0.15 <= held <= 0.70  # the tiny model is imperfect by design
+
+
+def test_feedback_loop_pipeline_runs_end_to_end(tmp_path):
+    """pipelines/shapes-loop.yaml, shrunk: every stage of the loop runs and eval writes before/after."""
+    run_dir = tmp_path / "loop"
+    p = cli("run", "pipelines/shapes-loop.yaml", "--run-dir", run_dir, "--set", "generate.limit=8",
+            "--set", "generate.steps=4", "--set", "train_dpo.steps=2", "--set", "train_dpo.checkpoint_every=0")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (run_dir / "dpo" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    ba = metrics["before_after"]
+    assert len(ba["models"]) == 2 and any("+lora:" in m for m in ba["models"])
+    comp = ba["comparisons"][0]
+    assert comp["alignment_diff"]["ci95"][0] <= comp["alignment_diff"]["value"] <= comp["alignment_diff"]["ci95"][1]
+    # training pairs come from train prompts only
+    split = {r["prompt_id"]: r["split"] for r in tables.read(run_dir / "prompts.parquet", "prompts").to_pylist()}
+    prefs = tables.read(run_dir / "preferences.parquet", "preferences").to_pylist()
+    assert prefs and {split[r["prompt_id"]] for r in prefs} == {"train"}
