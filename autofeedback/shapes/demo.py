@@ -40,3 +40,30 @@ def make_rendered_run(run_dir: Path, n_prompts: int = 8, per_prompt: int = 3, se
     tables.append(tables.table_path(run_dir, "prompts"), prompt_rows, "prompts")
     tables.append(tables.table_path(run_dir, "images"), image_rows, "images")
     return run_dir
+
+
+def make_pretraining_set(run_dir: Path, per_prompt: int = 4, split: str = "train", seed: int = 1) -> Path:
+    """The tiny model's pre-training data, as an images table: correct renders of the `split` prompts.
+
+    Lee et al. regularize reward-weighted fine-tuning with the pre-training data; for the shapes model that
+    is rendered train-split scenes (never held-out ones). Use it as `train rwr --reg-images RUN/images.parquet`.
+    """
+    rng = np.random.default_rng(seed)
+    prompt_rows, image_rows = [], []
+    for rec in suite_records():
+        if rec["split"] != split:
+            continue
+        pid = tables.prompt_id(rec["suite"], rec["prompt"])
+        prompt_rows.append({"prompt_id": pid, **rec, "metadata": json.dumps(rec["metadata"])})
+        scene = Scene(**rec["metadata"])
+        for k in range(per_prompt):
+            buf = io.BytesIO()
+            render(scene, seed=int(rng.integers(2**31))).save(buf, format="PNG")
+            iid = tables.content_id("pretraining-render", pid, k, seed)
+            image_rows.append({"image_id": iid, "prompt_id": pid, "prompt": rec["prompt"], "model": "renderer",
+                               "seed": k, "steps": 0, "guidance": 0.0, "height": 32, "width": 32, "sampler": None,
+                               "lora": None, "image": {"bytes": buf.getvalue(), "path": f"{iid}.png"},
+                               "created_at": tables.now()})
+    tables.append(tables.table_path(run_dir, "prompts"), prompt_rows, "prompts")
+    tables.append(tables.table_path(run_dir, "images"), image_rows, "images")
+    return Path(run_dir)
