@@ -36,33 +36,55 @@ def image_seed(base_seed: int, prompt_id: str, index: int) -> int:
 
 
 def model_fingerprint(model: str) -> str:
-    """Identity of a model: for a local folder, its configs and file sizes; for a Hub id, the id.
+    """Identity of a model: for a local folder or file, the content hashes of its files; for a Hub id, the id.
 
-    Cheap (no hashing of multi-GB weights) and the same on every machine for the same files.
+    Content, not names or sizes: two LoRAs (or two fine-tunes) of the same shape differ only in their
+    values, and their images must get different IDs. Hashes are cached by (path, size, mtime), so a
+    multi-GB checkpoint is read once, not on every run.
     """
     path = Path(model)
     if not path.exists():
         return tables.content_id("hub", model)
     if path.is_file():
-        return tables.content_id("file", path.name, path.stat().st_size, _file_hash(path))
-    parts = []
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and "snapshots" not in p.parts):
-        rel = f.relative_to(path).as_posix()
-        if f.suffix in (".json", ".txt") and f.stat().st_size < 2_000_000:
-            parts.append((rel, _file_hash(f)))
-        else:
-            parts.append((rel, f.stat().st_size))
-    return tables.content_id("dir", parts)
+        return tables.content_id("file", path.name, _file_hash(path))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "snapshots" not in p.parts
+                   and "checkpoints" not in p.parts)
+    return tables.content_id("dir", [(f.relative_to(path).as_posix(), _file_hash(f)) for f in files])
+
+
+_HASH_CACHE = Path(os.environ.get("AUTOFEEDBACK_CACHE", Path.home() / ".cache" / "autofeedback")) / "file-hashes.json"
 
 
 def _file_hash(path: Path) -> str:
     import hashlib
 
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache = _load_hash_cache()
+    if key in cache:
+        return cache[key]
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    if st.st_size > 8 << 20:  # only big files are worth remembering
+        cache[key] = digest
+        try:
+            _HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _HASH_CACHE.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            tmp.replace(_HASH_CACHE)
+        except OSError:
+            pass  # a read-only home only costs re-hashing
+    return digest
+
+
+def _load_hash_cache() -> dict:
+    try:
+        return json.loads(_HASH_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def check_model_path(model: str) -> None:

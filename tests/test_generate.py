@@ -104,3 +104,24 @@ def test_vae_slicing_and_tiling_keep_the_table_valid(tmp_path, tiny_model):
     s = generate.run(_cfg(tmp_path, tiny_model, vae_slicing=True, vae_tiling=True, limit=2, images_per_prompt=1))
     assert s["new"] == 2
     assert all(_pixels(r).shape == (32, 32, 3) for r in tables.read(tmp_path / "images.parquet", "images").to_pylist())
+
+
+def test_same_shaped_weights_with_other_values_are_other_images(tmp_path, tiny_model):
+    """Two LoRAs (or fine-tunes) with identical file names and sizes must not share image_ids."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model, other)
+    weights = other / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    name = next(iter(state))
+    with safe_open(str(weights), "pt") as fh:
+        metadata = fh.metadata()
+    state[name] = state[name] + 1.0
+    save_file(state, weights, metadata=metadata)
+    assert weights.stat().st_size == (tiny_model / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert generate.model_fingerprint(str(other)) != generate.model_fingerprint(str(tiny_model))
+    assert generate.model_fingerprint(str(tiny_model)) == generate.model_fingerprint(str(tiny_model))
