@@ -107,6 +107,8 @@ class TrainConfig(StageConfig):
     keep_checkpoints: int = Field(2, ge=0, description="keep the last N checkpoints (0 = all)")
     resume: bool = Field(True, description="continue from the latest checkpoint in the output folder")
     log_every: int = Field(10, ge=1, description="print every N steps")
+    uncond_prob: float = Field(0.0, ge=0, le=1, description="train with the empty prompt this often (keeps the "
+                                                            "unconditional branch classifier-free guidance uses in step)")
 
 
 class TrainDPOConfig(TrainConfig):

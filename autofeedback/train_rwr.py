@@ -119,7 +119,7 @@ def run(cfg: TrainRWRConfig) -> dict:
                 pngs += [reg_bytes[b["image_id"]] for b in regb]
                 prompts += [b["prompt"] for b in regb]
             lat = s.encode(pngs)
-            emb = s.embed(prompts)
+            emb = s.embed(prompts, cfg.uncond_prob, rng)
             noisy, t, target = s.noised(lat, rng)
             mse = s.mse(s.unet, noisy, t, emb, target)
             r = torch.tensor([b["reward"] for b in batch], device=mse.device)

@@ -38,9 +38,12 @@ class Setup:
             print(msg, flush=True)
 
     # ------------------------------------------------------------------ data
-    def embed(self, prompts: list[str]):
+    def embed(self, prompts: list[str], uncond_prob: float = 0.0, rng: np.random.Generator | None = None):
+        """Prompt embeddings; with uncond_prob, some prompts are replaced by "" (classifier-free guidance)."""
         import torch
 
+        if uncond_prob and rng is not None:
+            prompts = ["" if rng.random() < uncond_prob else p for p in prompts]
         tok = self.pipe.tokenizer
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.accelerator.device)
