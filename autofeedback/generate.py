@@ -155,6 +155,8 @@ def plan(cfg: GenerateConfig, prompt_table, fingerprint: str, size: tuple[int, i
     height, width = size
     settings = {"steps": cfg.steps, "guidance": cfg.guidance, "height": height, "width": width,
                 "negative_prompt": cfg.negative_prompt}
+    if cfg.dtype != "float32":  # other numerics, other pixels (float32 IDs stay as they were)
+        settings["dtype"] = cfg.dtype
     lora_fp = model_fingerprint(cfg.lora) if cfg.lora else None
     todo = []
     for row in prompt_table.to_pylist():

@@ -64,7 +64,7 @@ def test_rerun_of_a_finished_stage_does_nothing(tmp_path, tiny_model):
 
 def test_changed_settings_are_new_work(tmp_path, tiny_model):
     ids = []
-    for kw in ({}, {"steps": 4}, {"guidance": 2.0}, {"seed": 1}):
+    for kw in ({}, {"steps": 4}, {"guidance": 2.0}, {"seed": 1}, {"dtype": "bfloat16"}):
         ids.append({p["image_id"] for p in generate.plan(_cfg(tmp_path, tiny_model, **kw),
                                                           generate.prompts_mod.load("shapes", limit=3),
                                                           generate.model_fingerprint(str(tiny_model)), (32, 32))})
