@@ -137,7 +137,7 @@ def image_tokens(w: int, h: int, detail: str | None) -> int:
 
 # ---------------------------------------------------------------------------------------- cache
 class ResponseCache:
-    """request_id -> the raw replies (JSON), in SQLite (WAL): durable the moment put() returns."""
+    """request_id -> the raw replies (JSON), in SQLite (WAL): survives a killed process once put() returns."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
