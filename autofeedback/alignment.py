@@ -73,6 +73,7 @@ def _group(rows: list[dict], n_boot: int, seed: int) -> dict:
         details = json.loads(r["details"]) if r["details"] else {}
         if "readable" in details:
             cell["readable"].append(float(bool(details["readable"])))
+    by_prompt = {k: by_prompt[k] for k in sorted(by_prompt)}  # same clusters, same order: same CI everywhere
     concepts = sorted({c for cell in by_prompt.values() for c in cell}, key=lambda c: (c != "aligned", c))
     metrics = {}
     for c in concepts:
