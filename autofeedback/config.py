@@ -109,6 +109,9 @@ class TrainConfig(StageConfig):
     log_every: int = Field(10, ge=1, description="print every N steps")
     uncond_prob: float = Field(0.0, ge=0, le=1, description="train with the empty prompt this often (keeps the "
                                                             "unconditional branch classifier-free guidance uses in step)")
+    timestep_min: float = Field(0.0, ge=0, lt=1, description="sample training timesteps from this fraction of the "
+                                                            "schedule upward (e.g. 0.6: only high noise, where layout "
+                                                            "and counts are decided)")
 
 
 class TrainDPOConfig(TrainConfig):

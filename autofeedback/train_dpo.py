@@ -89,7 +89,7 @@ def run(cfg: TrainDPOConfig) -> dict:
             batch = [prefs[i] for i in idx]
             lat = s.encode([images[b["chosen_image_id"]] for b in batch] + [images[b["rejected_image_id"]] for b in batch])
             emb = s.embed([b["prompt"] for b in batch], cfg.uncond_prob, rng).repeat(2, 1, 1)  # same for w and l
-            noisy, t, target = s.noised(lat, rng, share_halves=True)
+            noisy, t, target = s.noised(lat, rng, share_halves=True, t_min=cfg.timestep_min)
             mse = s.mse(s.unet, noisy, t, emb, target)
             ref = s.reference_mse(noisy, t, emb, target)
             mw, ml = mse.chunk(2)

@@ -120,7 +120,7 @@ def run(cfg: TrainRWRConfig) -> dict:
                 prompts += [b["prompt"] for b in regb]
             lat = s.encode(pngs)
             emb = s.embed(prompts, cfg.uncond_prob, rng)
-            noisy, t, target = s.noised(lat, rng)
+            noisy, t, target = s.noised(lat, rng, t_min=cfg.timestep_min)
             mse = s.mse(s.unet, noisy, t, emb, target)
             r = torch.tensor([b["reward"] for b in batch], device=mse.device)
             weighted = (r * mse[:cfg.batch_size]).mean()

@@ -61,14 +61,16 @@ class Setup:
             return vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
 
     # ------------------------------------------------------------------ loss
-    def noised(self, lat, rng: np.random.Generator, share_halves: bool = False):
-        """(noisy latents, timesteps, target). share_halves: both halves get the same noise and timestep."""
+    def noised(self, lat, rng: np.random.Generator, share_halves: bool = False, t_min: float = 0.0):
+        """(noisy latents, timesteps, target). share_halves: both halves get the same noise and timestep;
+        t_min: timesteps from this fraction of the schedule up."""
         import torch
 
         n = lat.shape[0] // 2 if share_halves else lat.shape[0]
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         noise = torch.randn((n, *lat.shape[1:]), generator=gen)
-        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (n,), generator=gen)
+        total = self.noise_sched.config.num_train_timesteps
+        t = torch.randint(int(t_min * total), total, (n,), generator=gen)
         if share_halves:
             noise, t = noise.repeat(2, 1, 1, 1), t.repeat(2)
         noise, t = noise.to(lat.device), t.to(lat.device)

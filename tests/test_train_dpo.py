@@ -52,6 +52,11 @@ def test_smoke_changes_every_lora_parameter_and_nothing_else(pref_run, tiny_mode
     assert [m["step"] for m in metrics] == [1, 2] and all("implicit_acc" in m and "reward_margin" in m for m in metrics)
 
 
+def test_high_noise_timesteps_and_prompt_dropout_options_train(pref_run, tiny_model):
+    s = train_dpo.run(_cfg(pref_run, tiny_model, timestep_min=0.6, uncond_prob=0.5))
+    assert s["steps"] == 2 and s["parameters"]["changed_params"] == s["parameters"]["trainable_params"]
+
+
 def test_full_fine_tune_keeps_a_frozen_reference(pref_run, tiny_model):
     s = train_dpo.run(_cfg(pref_run, tiny_model, lora_rank=0))
     p = s["parameters"]
