@@ -66,16 +66,11 @@ import numpy as np
 from . import stats, tables
 from .config import EvalConfig
 from .errors import InputError
+from .labels import FIRST, NO, SECOND, TIE, YES  # one answer vocabulary with import-labels
 
 RATER_COLUMNS = ("rater", "annotator", "judge", "worker_id", "worker")
 MAPPABLE = ("item_id", "rater", "score", "label", "choice", "category", "prompt_id", "image_ids", "image_id",
             "mode", "status", "details")
-# pairwise answers, as `import-labels` (autofeedback/labels.py) reads them: numbers are 0-based positions
-FIRST = {"a", "first", "left", "image_0", "image 0", "0", "0.0"}
-SECOND = {"b", "second", "right", "image_1", "image 1", "1", "1.0"}
-TIE = {"tie", "equal", "draw", "same", "both", "neither", "=", "0.5"}
-YES = {"true", "yes", "y", "1", "1.0", "good", "aligned", "correct", "pass"}
-NO = {"false", "no", "n", "0", "0.0", "bad", "misaligned", "wrong", "incorrect", "fail"}
 MAX_DISCRETE = 20          # a rating scale with at most this many values counts as categorical
 OWN_KEYS = ("agreement", "judge_health", "before_after", "eval", "ensembles", "calibration")
 
@@ -1109,8 +1104,10 @@ def _image_bytes(run_dir: Path, ids: list[str]) -> dict[str, bytes]:
 
 
 # ============================================================================ metrics.json
-def write_metrics(path: Path, metrics: dict) -> dict:
-    """Merge into an existing metrics.json (other top-level keys kept, ours replaced); atomic write."""
+def write_metrics(path: Path, metrics: dict, keys=OWN_KEYS) -> dict:
+    """Merge `keys` of `metrics` into an existing metrics.json (other top-level keys kept); atomic write.
+
+    The one writer of RUN/report/metrics.json: `eval` owns OWN_KEYS, `autofeedback run` its own keys."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     merged: dict = {}
@@ -1121,7 +1118,7 @@ def write_metrics(path: Path, metrics: dict) -> dict:
             raise InputError(f"{path}: existing metrics.json is not valid JSON ({exc}); move it away") from None
         if not isinstance(merged, dict):
             raise InputError(f"{path}: existing metrics.json is not a JSON object; move it away")
-    for key in OWN_KEYS:
+    for key in keys:
         merged[key] = _public(metrics.get(key))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(merged, indent=2, allow_nan=False, default=_json_default) + "\n")

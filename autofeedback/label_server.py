@@ -55,11 +55,12 @@ import pyarrow.dataset as pads
 from . import tables
 from .config import LabelConfig
 from .errors import InputError
+from .labels import NO, YES
 
 ANNOTATOR_RE = re.compile(r"^[\w.@+ -]{1,64}$")
 MAX_BODY = 64 * 1024
-GOOD = {"good", "aligned", "yes", "true", "1", "g"}
-BAD = {"bad", "misaligned", "no", "false", "0", "b"}
+GOOD = YES | {"g"}  # the page's keys (G/B) on top of the shared label vocabulary
+BAD = NO | {"b"}
 
 
 class BadRequest(Exception):

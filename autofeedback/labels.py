@@ -34,11 +34,13 @@ from .errors import InputError
 
 FIELDS = ("prompt_id", "prompt", "annotator", "category", "item_id", "image_id", "image_ids", "image_0", "image_1",
           "label", "score", "choice", "label_0", "label_1", "ranks", "ranking")
+# The answer vocabulary of every human label file: import-labels, eval and the label page all read it from here.
+# Pairwise numbers are 0-based positions (0 = first shown).
 YES = {"true", "yes", "y", "1", "1.0", "good", "aligned", "correct", "pass", "match"}
 NO = {"false", "no", "n", "0", "0.0", "bad", "misaligned", "not aligned", "wrong", "incorrect", "fail"}
-TIE = {"tie", "equal", "draw", "same", "both", "neither", "="}
-FIRST = {"a", "first", "left", "image_0", "image 0", "0"}
-SECOND = {"b", "second", "right", "image_1", "image 1", "1"}
+TIE = {"tie", "equal", "draw", "same", "both", "neither", "=", "0.5"}
+FIRST = {"a", "first", "left", "image_0", "image 0", "0", "0.0"}
+SECOND = {"b", "second", "right", "image_1", "image 1", "1", "1.0"}
 MODES = {"ratings": "pointwise", "choices": "pairwise", "rankings": "listwise"}
 
 

@@ -16,13 +16,13 @@ Writes RUN/report/metrics.json.
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from pathlib import Path
 
 import yaml
 
 from . import alignment
+from .evaluate import write_metrics  # the one metrics.json writer (merges with what eval wrote)
 from .config import STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 
@@ -116,19 +116,10 @@ def run(path: str | Path, overrides: list[str] | None = None, run_dir: str | Pat
     summary = alignment.summarize(run_dir, pipe.summary.group_by, pipe.summary.judge,
                                   pipe.summary.bootstrap, pipe.summary.seed)
     report_dir = run_dir / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = report_dir / "metrics.json"
-    metrics = {}
-    if metrics_path.exists():  # keep what other commands (eval) wrote there
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            metrics = {}
-    metrics.update({"pipeline": str(path), "run_dir": str(run_dir), "alignment": summary,
-                    "stages": stage_summaries, "seconds": round(time.perf_counter() - t_start, 2)})
-    tmp = report_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    tmp.replace(report_dir / "metrics.json")
+    metrics = write_metrics(report_dir / "metrics.json",
+                  {"pipeline": str(path), "run_dir": str(run_dir), "alignment": summary, "stages": stage_summaries,
+                   "seconds": round(time.perf_counter() - t_start, 2)},
+                  keys=("pipeline", "run_dir", "alignment", "stages", "seconds"))
     echo("")
     echo(f"prompt alignment by the {', '.join(summary['judges'])} judge:")
     echo(alignment.format_table(summary))

@@ -197,10 +197,12 @@ def read(path: str | Path, table_name: str, columns: Sequence[str] | None = None
     parts = []
     for shard in shards:
         try:
+            names = set(pq.read_schema(shard).names)
             cols = read_cols
-            if extra and "created_at" in pq.read_schema(shard).names:
+            if extra and "created_at" in names:
                 cols = [*read_cols, "created_at"]
-            t = pq.read_table(shard, columns=cols if cols and _has(shard, cols) else None)
+            # a shard missing a column is read whole, so that conform() names what is missing
+            t = pq.read_table(shard, columns=cols if cols and names.issuperset(cols) else None)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{shard}: not a readable Parquet file ({exc})") from None
         parts.append(conform(t, table_name, shard, cols))
@@ -212,11 +214,6 @@ def read(path: str | Path, table_name: str, columns: Sequence[str] | None = None
     if extra and "created_at" in table.column_names:
         table = table.drop_columns(["created_at"])
     return table
-
-
-def _has(shard: Path, cols: Sequence[str]) -> bool:
-    names = set(pq.read_schema(shard).names)
-    return all(c in names for c in cols)
 
 
 def _dedupe(table: pa.Table, key: str) -> pa.Table:

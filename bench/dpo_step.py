@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -116,10 +115,9 @@ def main() -> None:
                                   "--model", model, "--batch", str(args.batch), "--steps", str(args.steps),
                                   "--device", args.device], capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    import torch
+    from machine import describe  # bench/machine.py
 
-    dev = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores"
-    print(f"machine: {dev}, torch {torch.__version__}; model: {f'SD-1.5 UNet (random), {args.size} px' if args.sd15 else model}; "
+    print(f"machine: {describe()}; device {args.device}; model: {f'SD-1.5 UNet (random), {args.size} px' if args.sd15 else model}; "
           f"{args.batch} pairs per step, median of {args.steps} steps\n")
     base = next(r for r in results if r["variant"] == "copy")
     print("| reference | step (ms) | peak memory (MiB) | time vs copy | memory vs copy |")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,24 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from machine import describe  # noqa: E402  (bench/machine.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {dev}"
 
 
 def baseline(pipe, prompts: list[str], n: int, steps: int, guidance: float) -> float:
@@ -85,7 +70,7 @@ def main() -> None:
     prompt_texts = prompts.load(str(REPO / "prompts" / "shapes.jsonl"), limit=args.prompts).column("prompt").to_pylist()
     pipe = generate.load_pipeline(args.model)
     pipe(prompt_texts[:2], num_inference_steps=2, output_type="pil")  # warm-up
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"model: {args.model}, {args.prompts} prompts, {args.steps} steps, guidance {args.guidance}, "
           f"generate batch size {args.batch_size}\n")
     print("| images/prompt | plain loop, fp32 (img/s) | generate, fp32 (img/s) | speed-up | "

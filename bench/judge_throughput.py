@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import socket
 import subprocess
@@ -129,10 +128,9 @@ def main() -> None:
             assert again["requests"] == 0
     finally:
         server.kill()
-    import platform
+    from machine import describe  # bench/machine.py
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}; server in a separate process on 127.0.0.1")
+    print(f"machine: {describe(torch_info=False)}; server in a separate process on 127.0.0.1")
     print(f"{args.requests} pointwise requests, concurrency {args.concurrency}, +{args.latency * 1000:.0f} ms "
           f"latency: bound {bound:.0f} req/s\n")
     print("| client | req/s | % of bound | client CPU ms/request |")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -29,24 +28,11 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from autofeedback import pairs, tables  # noqa: E402
 from autofeedback.config import PairsConfig  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
-            f"pyarrow {pa.__version__}")
+from machine import describe  # noqa: E402  (bench/machine.py)
 
 
 def _hex(prefix: str, n: int, offset: int = 0) -> pa.Array:
@@ -54,7 +40,7 @@ def _hex(prefix: str, n: int, offset: int = 0) -> pa.Array:
     x = np.arange(offset, offset + n, dtype=np.uint64) * np.uint64(2654435761) % np.uint64(2**48)
     digits = np.array(list("0123456789abcdef"))
     chars = digits[(x[:, None] >> (np.arange(11, -1, -1, dtype=np.uint64) * np.uint64(4))) & np.uint64(15)]
-    return pa.array(np.char.add(prefix, chars.view(f"<U12").ravel()), pa.string())
+    return pa.array(np.char.add(prefix, chars.view("<U12").ravel()), pa.string())
 
 
 def _table(n: int, cols: dict) -> pa.Table:
@@ -140,7 +126,7 @@ def main() -> None:
         for name, make in (("pointwise", pointwise_judgments), ("pairwise", pairwise_judgments)):
             results.append(bench(name, make, args.rows, rng, Path(tmp)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"machine: {machine()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, "
+    print(f"machine: {describe(torch_info=False)}, numpy {np.__version__}, pyarrow {pa.__version__}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, "
           f"pyarrow threads {pa.cpu_count()}; peak RSS {peak:.0f} MB")
     print()
     print("| case | judgment rows | pairs | ties dropped | labels | seconds | rows/s |")

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from autofeedback import generate, tables, train_dpo
 from autofeedback.config import GenerateConfig, TrainDPOConfig
