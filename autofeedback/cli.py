@@ -237,7 +237,8 @@ def eval_(
     stage.run(cfg, echo=typer.echo)
 
 
-train_app = typer.Typer(help="Train on the run's feedback: Diffusion-DPO (dpo), reward-weighted likelihood (rwr).",
+train_app = typer.Typer(help="Train on the run's feedback: Diffusion-DPO (dpo), reward-weighted likelihood (rwr), "
+                              "a reward model (reward).",
                          no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -469,6 +470,55 @@ def label(
         return
     summary = stage.run(cfg, echo=typer.echo)
     typer.echo(f"labels per annotator: {summary.get('annotators') or 'none'}")
+
+
+from .config import EmbedConfig, TrainRewardConfig  # noqa: E402  (issue #6)
+
+
+@app.command()
+@user_errors
+def embed(
+    run_dir: Path = typer.Argument(..., help=_help(EmbedConfig, "run_dir")),
+    clip: str = typer.Option(..., "--clip", help=_help(EmbedConfig, "clip")),
+    device: str = typer.Option("cpu", help=_help(EmbedConfig, "device")),
+    batch_size: int = typer.Option(256, help=_help(EmbedConfig, "batch_size")),
+):
+    """Cache CLIP embeddings of the run's images and prompts in RUN/embeddings.parquet (only new ones)."""
+    cfg = build(EmbedConfig, "embed", **{k: v for k, v in locals().items()})
+    _quiet_libraries()
+    from . import embeddings as stage
+
+    typer.echo(stage.format_summary(stage.run(cfg), cfg))
+
+
+@train_app.command("reward")
+@user_errors
+def train_reward(
+    run_dir: Path = typer.Argument(..., help=_help(TrainRewardConfig, "run_dir")),
+    clip: str = typer.Option(..., "--clip", help=_help(TrainRewardConfig, "clip")),
+    out: str = typer.Option("reward", help=_help(TrainRewardConfig, "out")),
+    objective: str = typer.Option("mse", help=_help(TrainRewardConfig, "objective")),
+    target: str = typer.Option("label", help=_help(TrainRewardConfig, "target")),
+    aux_weight: float = typer.Option(0.1, help=_help(TrainRewardConfig, "aux_weight")),
+    temperature: float = typer.Option(0.1, help=_help(TrainRewardConfig, "temperature")),
+    val_split: Optional[str] = typer.Option("heldout", help=_help(TrainRewardConfig, "val_split")),
+    val_fraction: float = typer.Option(0.2, help=_help(TrainRewardConfig, "val_fraction")),
+    hidden: list[int] = typer.Option([256, 64], help=_help(TrainRewardConfig, "hidden") + " (repeatable)"),
+    dropout: float = typer.Option(0.1, help=_help(TrainRewardConfig, "dropout")),
+    steps: int = typer.Option(2000, help=_help(TrainRewardConfig, "steps")),
+    batch_size: int = typer.Option(256, help=_help(TrainRewardConfig, "batch_size")),
+    lr: float = typer.Option(1e-3, help=_help(TrainRewardConfig, "lr")),
+    weight_decay: float = typer.Option(1e-4, help=_help(TrainRewardConfig, "weight_decay")),
+    eval_every: int = typer.Option(100, help=_help(TrainRewardConfig, "eval_every")),
+    seed: int = typer.Option(0, help=_help(TrainRewardConfig, "seed")),
+    device: str = typer.Option("cpu", help=_help(TrainRewardConfig, "device")),
+):
+    """A reward model on frozen CLIP embeddings: Lee et al.'s MSE + prompt classification, or Bradley-Terry."""
+    cfg = build(TrainRewardConfig, "train reward", **{k: v for k, v in locals().items()})
+    _quiet_libraries()
+    from . import reward as stage
+
+    typer.echo(stage.format_summary(stage.run(cfg), cfg))
 
 
 def main() -> None:  # console-script entry point

@@ -26,11 +26,12 @@ from .evaluate import write_metrics  # the one metrics.json writer (merges with 
 from .config import STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 
-PATH_FIELDS = ("model", "prompts", "lora", "reg_images")
+PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip")
 # stage name in a pipeline YAML -> module with run(cfg) (and optionally format_summary)
 STAGE_MODULES = {"generate": "autofeedback.generate", "judge": "autofeedback.judge",
                  "pairs": "autofeedback.pairs", "train_dpo": "autofeedback.train_dpo",
-                 "train_rwr": "autofeedback.train_rwr", "eval": "autofeedback.evaluate"}
+                 "train_rwr": "autofeedback.train_rwr", "eval": "autofeedback.evaluate",
+                 "embed": "autofeedback.embeddings", "train_reward": "autofeedback.reward"}
 
 
 def _describe(stage, name: str, summary: dict, cfg) -> str:

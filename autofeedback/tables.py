@@ -86,9 +86,16 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("aug_id", pa.string()), ("image_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()),
         ("perturbed", pa.list_(pa.string())), ("changed", pa.list_(pa.string())), ("created_at", TIMESTAMP),
     ]),
+    # One row per (CLIP model, image or text): a cached embedding (autofeedback embed / train reward).
+    # model: the CLIP's content identity; kind: image | text; key: image_id, or the text's content hash.
+    "embeddings": pa.schema([
+        ("emb_id", pa.string()), ("model", pa.string()), ("kind", pa.string()), ("key", pa.string()),
+        ("text", pa.string()), ("vector", pa.list_(pa.float32())), ("created_at", TIMESTAMP),
+    ]),
 }
 KEYS = {"prompts": "prompt_id", "images": "image_id", "judgments": "request_id", "preferences": "pair_id",
-        "human_labels": "label_id", "labels": "label_id", "augmentations": "aug_id"}
+        "human_labels": "label_id", "labels": "label_id", "augmentations": "aug_id",
+        "embeddings": "emb_id"}
 STATUSES = ("ok", "parse_error", "refused", "truncated", "api_error", "budget", "error")
 
 

@@ -20,6 +20,8 @@ from ..errors import InputError
 REGISTRY: dict[str, str] = {
     "shapes": "autofeedback.judges.shapes:ShapesJudge",
     "openai": "autofeedback.judges.vlm:OpenAIJudge",
+    "clip": "autofeedback.judges.embedding:ClipJudge",
+    "reward": "autofeedback.judges.embedding:RewardJudge",
 }
 
 
