@@ -178,7 +178,7 @@ def run(cfg) -> dict:
                 texts.add(row["prompt"])
                 texts.update(row["perturbed"] or [])
         texts.discard(None)
-        image_bytes = _image_loader(images_path)
+        image_bytes = image_loader(images_path)
         cache.image_matrix(image_ids, image_bytes)
         cache.text_matrix(sorted(texts))
         tables.compact(tables.table_path(run_dir, "embeddings"), "embeddings")
@@ -186,15 +186,21 @@ def run(cfg) -> dict:
             "seconds": {k: round(v, 2) for k, v in cache.seconds.items()}}
 
 
-def _image_loader(images_path: Path):
-    """image_id -> encoded bytes, reading the image column only when an image is actually missing."""
+def image_loader(images_path: Path, wanted: list[str] | None = None):
+    """image_id -> encoded bytes, reading the image column once, and only when an image is missing from the
+    cache. `wanted`: ids that must all be in the table (else one clear error, before any embedding)."""
     state: dict[str, bytes] = {}
 
     def get(image_id: str) -> bytes:
         if not state:
             t = tables.read(images_path, "images", columns=["image_id", "image"])
             for iid, img in zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()):
-                state[iid] = img["bytes"]
+                state[iid] = img["bytes"] if img else None
+            missing = set(wanted or ()) - set(state)
+            if missing:
+                raise InputError(f"{len(missing)} images are not in {images_path} (e.g. {sorted(missing)[0]})")
+        if state.get(image_id) is None:
+            raise InputError(f"{images_path}: image {image_id} has no image bytes")
         return state[image_id]
 
     return get

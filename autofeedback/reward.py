@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tables
-from .embeddings import Cache, Clip
+from .embeddings import Cache, Clip, image_loader
 from .errors import InputError
 
 FEATURES = "i,t,i*t"
@@ -161,7 +161,7 @@ def load(cfg, cache: Cache) -> Data:
     texts = sorted(texts)
     img_index = {i: k for k, i in enumerate(img_ids)}
     txt_index = {t: k for k, t in enumerate(texts)}
-    img = cache.image_matrix(img_ids, _bytes_of(paths["images"], img_ids))
+    img = cache.image_matrix(img_ids, image_loader(paths["images"], img_ids))
     txt = cache.text_matrix(texts)
 
     lab = labels.to_pylist()
@@ -195,22 +195,6 @@ def load(cfg, cache: Cache) -> Data:
                    "pairs_val": int(data.pair_val.sum()),
                    "aux_rows": int(((aug_txt >= 0).any(1) & (data.label_y >= 0.5) & ~data.label_val).sum())}
     return data
-
-
-def _bytes_of(images_path: Path, wanted: list[str]):
-    state: dict[str, bytes] = {}
-
-    def get(image_id: str) -> bytes:
-        if not state:
-            t = tables.read(images_path, "images", columns=["image_id", "image"])
-            state.update({i: im["bytes"] for i, im in zip(t.column("image_id").to_pylist(),
-                                                          t.column("image").to_pylist())})
-            missing = set(wanted) - set(state)
-            if missing:
-                raise InputError(f"{len(missing)} labeled images are not in {images_path} (e.g. {sorted(missing)[0]})")
-        return state[image_id]
-
-    return get
 
 
 # ------------------------------------------------------------------------------------------ train
