@@ -498,7 +498,6 @@ def train_reward(
     clip: str = typer.Option(..., "--clip", help=_help(TrainRewardConfig, "clip")),
     out: str = typer.Option("reward", help=_help(TrainRewardConfig, "out")),
     objective: str = typer.Option("mse", help=_help(TrainRewardConfig, "objective")),
-    target: str = typer.Option("label", help=_help(TrainRewardConfig, "target")),
     aux_weight: float = typer.Option(0.1, help=_help(TrainRewardConfig, "aux_weight")),
     temperature: float = typer.Option(0.1, help=_help(TrainRewardConfig, "temperature")),
     val_split: Optional[str] = typer.Option("heldout", help=_help(TrainRewardConfig, "val_split")),

@@ -157,7 +157,6 @@ class TrainRewardConfig(StageConfig):
     objective: Literal["mse", "bt"] = Field(
         "mse", description="mse: regress the judge's per-image labels (Lee et al.); bt: Bradley-Terry on preference "
                            "pairs (ties kept by `pairs --tie-policy keep` are soft 0.5 labels)")
-    target: Literal["label", "score"] = Field("label", description="mse target: the label (1/0) or the score")
     aux_weight: float = Field(0.1, ge=0, description="weight of Lee et al.'s prompt-classification loss (0 = off)")
     temperature: float = Field(0.1, gt=0, description="temperature T of the prompt-classification softmax")
     val_split: str | None = Field("heldout", description="prompts of this split validate (unseen prompts); without "
@@ -172,7 +171,7 @@ class TrainRewardConfig(StageConfig):
     eval_every: int = Field(100, ge=1, description="validation loss every N steps (the loss curve)")
     seed: int = Field(0, description="seed (initialization, batches, hashed split)")
     device: str = Field("cpu", description="torch device for embedding (the head trains on CPU)")
-    log_every: int = Field(1, ge=0, description="0 = quiet")
+    progress: bool = Field(True, description="print the loss every few hundred steps")
 
 
 class SummaryConfig(StageConfig):

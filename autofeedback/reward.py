@@ -119,13 +119,12 @@ def load(cfg, cache: Cache) -> Data:
                          required=False)
     prefs = tables.read(paths["preferences"], "preferences", required=False,
                         columns=["prompt_id", "prompt", "chosen_image_id", "rejected_image_id", "margin"])
+    labels = labels.filter(labels.column("label").is_valid())  # the 1/0 label is the target (a score-only row isn't)
     if cfg.objective == "mse" and labels.num_rows == 0:
-        raise InputError(f"{paths['labels']}: no labels; run a pointwise judge and `autofeedback pairs {run_dir}` "
-                         f"first (the mse objective learns the judge's per-image labels)")
+        raise InputError(f"{paths['labels']}: no labels (1/0); run a pointwise judge that labels (e.g. shapes, "
+                         f"openai:MODEL) and `autofeedback pairs {run_dir}` first (the mse objective learns them)")
     if cfg.objective == "bt" and prefs.num_rows == 0:
         raise InputError(f"{paths['preferences']}: no preference pairs; run `autofeedback pairs {run_dir}` first")
-    labels = labels.filter(labels.column("label").is_valid()) if cfg.target == "label" else \
-        labels.filter(labels.column("score").is_valid())
     prompts = tables.read(paths["prompts"], "prompts", columns=["prompt_id", "split"], required=False)
     split_of = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("split").to_pylist()))
     augs = {}
@@ -165,7 +164,6 @@ def load(cfg, cache: Cache) -> Data:
     txt = cache.text_matrix(texts)
 
     lab = labels.to_pylist()
-    y_col = "label" if cfg.target == "label" else "score"
     width = max((len(augs.get(r["image_id"], [])) for r in lab), default=0)
     aug_txt = np.full((len(lab), max(width, 1)), -1, np.int64)
     for k, r in enumerate(lab):
@@ -176,7 +174,7 @@ def load(cfg, cache: Cache) -> Data:
         img=img, txt=txt,
         label_img=np.array([img_index[r["image_id"]] for r in lab], np.int64),
         label_txt=np.array([txt_index[r["prompt"]] for r in lab], np.int64),
-        label_y=np.array([float(r[y_col]) for r in lab], np.float32),
+        label_y=np.array([float(r["label"]) for r in lab], np.float32),
         label_val=np.array([r["prompt_id"] in val_pids for r in lab], bool),
         aug_txt=aug_txt,
         pair_c=np.array([img_index[r["chosen_image_id"]] for r in pr], np.int64),
@@ -186,7 +184,7 @@ def load(cfg, cache: Cache) -> Data:
         pair_val=np.array([r["prompt_id"] in val_pids for r in pr], bool),
         val_rule=rule,
         fingerprint=tables.content_id("reward-data", cache.clip.identity, sorted(
-            (r["image_id"], r["prompt"], r[y_col], tuple(augs.get(r["image_id"], []))) for r in lab),
+            (r["image_id"], r["prompt"], r["label"], tuple(augs.get(r["image_id"], []))) for r in lab),
             sorted((r["chosen_image_id"], r["rejected_image_id"], r["prompt"], r["margin"]) for r in pr)),
     )
     data.counts = {"images": len(img_ids), "texts": len(texts), "prompts": len(all_pids),
@@ -349,13 +347,13 @@ def run(cfg) -> dict:
         tables.clean_temp(tables.table_path(run_dir, "embeddings"))
         cache = Cache(run_dir, clip)
         data = load(cfg, cache)
-        settings = cfg.model_dump(mode="json", exclude={"run_dir", "out", "device", "log_every"})
+        settings = cfg.model_dump(mode="json", exclude={"run_dir", "out", "device", "progress"})
         fingerprint = tables.content_id("reward", settings, data.fingerprint)
         done = _finished(out_dir, fingerprint)
         if done is not None:
             return {**done, "skipped": True, "out": str(out_dir)}
         embed_s = time.perf_counter() - t0
-        log = print if cfg.log_every else (lambda *_: None)
+        log = print if cfg.progress else (lambda *_: None)
         head, history = train(cfg, data, log)
         train_s = time.perf_counter() - t0 - embed_s
 

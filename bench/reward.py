@@ -115,7 +115,7 @@ def bench_train(n_pairs: int, n_images: int, steps: int) -> list[tuple]:
         run = Path(tmp) / "run"
         make_run(run, n_pairs, n_images, clip)
         cfg = TrainRewardConfig(run_dir=run, clip=str(CLIP), objective="bt", aux_weight=0.0, steps=steps,
-                                log_every=0)
+                                progress=False)
         t0 = time.perf_counter()
         s = reward.run(cfg)
         stage_s = time.perf_counter() - t0

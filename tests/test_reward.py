@@ -52,7 +52,7 @@ def judged_run(tmp_path_factory):
 
 def _cfg(run, clip, **kw):
     base = dict(run_dir=run, clip=str(clip), val_split=None, val_fraction=0.34, steps=20, batch_size=16,
-                eval_every=5, log_every=0)
+                eval_every=5, progress=False)
     return TrainRewardConfig(**{**base, **kw})
 
 
