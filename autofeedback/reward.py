@@ -9,6 +9,7 @@ The head is an MLP on [i, t, i*t] of the L2-normalized CLIP image and text featu
          + aux_weight * prompt classification: on images labeled aligned, cross-entropy of softmax over
            r(x, z_j) / temperature for the original prompt z against its N-1 perturbed prompts (one count,
            color, ... changed; written by `autofeedback pairs`), the original being the right class.
+           Perturbed prompts that are validation prompts are dropped (they would leak those prompts' text).
     bt   Bradley-Terry: -log sigmoid(r(chosen) - r(rejected)); a kept tie (margin 0) is a soft label 0.5.
          The aux loss can be added the same way.
 Train/val split by prompt: prompts of --val-split (default heldout: unseen count-color pairs in the shapes
@@ -125,8 +126,9 @@ def load(cfg, cache: Cache) -> Data:
                          f"openai:MODEL) and `autofeedback pairs {run_dir}` first (the mse objective learns them)")
     if cfg.objective == "bt" and prefs.num_rows == 0:
         raise InputError(f"{paths['preferences']}: no preference pairs; run `autofeedback pairs {run_dir}` first")
-    prompts = tables.read(paths["prompts"], "prompts", columns=["prompt_id", "split"], required=False)
+    prompts = tables.read(paths["prompts"], "prompts", columns=["prompt_id", "prompt", "split"], required=False)
     split_of = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("split").to_pylist()))
+    text_of = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist()))
     augs = {}
     if cfg.aux_weight > 0:
         if not tables.exists(paths["augmentations"]):
@@ -148,6 +150,14 @@ def load(cfg, cache: Cache) -> Data:
     if not val_pids or val_pids == all_pids:
         raise InputError(f"train/val split by prompt left {'no' if not val_pids else 'only'} validation prompts "
                          f"({rule}; {len(all_pids)} prompts); change --val-split / --val-fraction")
+    # A perturbed prompt that is a validation prompt would put that prompt's text into training (as a wrong
+    # class of the prompt-classification loss), teaching the head to score it low before it is validated on it.
+    val_texts = {t for pid, t in zip(labels.column("prompt_id").to_pylist() + prefs.column("prompt_id").to_pylist(),
+                                     labels.column("prompt").to_pylist() + prefs.column("prompt").to_pylist())
+                 if pid in val_pids} | {t for pid, t in text_of.items() if pid in val_pids}
+    dropped = sum(p in val_texts for ps in augs.values() for p in ps)
+    augs = {i: [p for p in ps if p not in val_texts] for i, ps in augs.items()}
+    augs = {i: ps for i, ps in augs.items() if ps}
 
     # index images and texts, embed what the cache lacks
     img_ids = sorted(set(labels.column("image_id").to_pylist()) | set(prefs.column("chosen_image_id").to_pylist())
@@ -191,7 +201,8 @@ def load(cfg, cache: Cache) -> Data:
                    "val_prompts": len(val_pids), "labels_train": int((~data.label_val).sum()),
                    "labels_val": int(data.label_val.sum()), "pairs_train": int((~data.pair_val).sum()),
                    "pairs_val": int(data.pair_val.sum()),
-                   "aux_rows": int(((aug_txt >= 0).any(1) & (data.label_y >= 0.5) & ~data.label_val).sum())}
+                   "aux_rows": int(((aug_txt >= 0).any(1) & (data.label_y >= 0.5) & ~data.label_val).sum()),
+                   "perturbed_dropped_val": dropped}
     return data
 
 
@@ -334,6 +345,24 @@ def evaluate(name: str, label_scores: np.ndarray, pair_scores: tuple[np.ndarray,
     return out
 
 
+def accuracy_difference(reward_scores: np.ndarray, clip_scores: np.ndarray, data: Data, reward_m: dict,
+                        clip_m: dict, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """Validation accuracy of the reward minus CLIP score's (each at its own train-tuned threshold), with a 95%
+    bootstrap CI that resamples validation prompts (images of one prompt are not independent)."""
+    if "threshold" not in reward_m or "threshold" not in clip_m:
+        return None
+    from .stats import Resampler, estimate
+
+    va = np.flatnonzero(data.label_val)
+    y = data.label_y[va] >= 0.5
+    right = ((reward_scores[va] >= reward_m["threshold"]) == y).astype(float) \
+        - ((clip_scores[va] >= clip_m["threshold"]) == y).astype(float)
+    prompt, code = np.unique(data.label_txt[va], return_inverse=True)
+    per_prompt = np.bincount(code, weights=right, minlength=len(prompt))
+    n = np.bincount(code, minlength=len(prompt)).astype(float)
+    return estimate(lambda w: (w @ per_prompt) / (w @ n), Resampler(len(prompt), n_boot, seed), n=len(prompt))
+
+
 # ------------------------------------------------------------------------------------------ stage
 def run(cfg) -> dict:
     import torch
@@ -370,6 +399,8 @@ def run(cfg) -> dict:
             if len(data.pair_c) else None  # noqa: E731
         reward_m = evaluate("reward", scores(data.label_img, data.label_txt), pairs_of(scores), data)
         clip_m = evaluate("clip_score", cosine(data.label_img, data.label_txt), pairs_of(cosine), data)
+        diff = accuracy_difference(scores(data.label_img, data.label_txt), cosine(data.label_img, data.label_txt),
+                                   data, reward_m, clip_m, seed=cfg.seed)
         majority = None
         if data.label_val.any():
             pos_rate = float(np.mean(data.label_y[~data.label_val] >= 0.5))
@@ -382,7 +413,8 @@ def run(cfg) -> dict:
                   "threshold": threshold, "settings": settings, "fingerprint": fingerprint}
         metrics = {"objective": cfg.objective, "aux_weight": cfg.aux_weight, "temperature": cfg.temperature,
                    "val": data.val_rule, "counts": data.counts, "reward": reward_m, "clip_score": clip_m,
-                   "majority_accuracy": majority, "seconds": {"embed": round(embed_s, 2), "train": round(train_s, 2)},
+                   "reward_minus_clip_score": diff, "majority_accuracy": majority,
+                   "seconds": {"embed": round(embed_s, 2), "train": round(train_s, 2)},
                    "embedded": cache.computed, "history": history}
         # weights + config + metrics, each written whole: a killed run leaves no half file behind
         tmp = out_dir / ".model.safetensors.tmp"
@@ -455,6 +487,10 @@ def format_summary(s: dict, cfg=None) -> str:
         if m.get("auc") is not None:
             parts.append(f"auc {m['auc']:.3f}")
         lines.append(f"  {name:<10} " + ", ".join(parts))
+    d = s.get("reward_minus_clip_score")
+    if d and d.get("value") is not None:
+        lines.append(f"  reward - clip_score accuracy {d['value']:+.1%} (95% CI {d['ci95'][0]:+.1%} to "
+                     f"{d['ci95'][1]:+.1%}, bootstrap over {d['n']} val prompts)")
     if s.get("majority_accuracy") is not None:
         lines.append(f"  majority   accuracy {s['majority_accuracy']:.1%}")
     return "\n".join(lines)

@@ -219,6 +219,26 @@ def test_tuned_threshold_auc_and_pair_accuracy_on_hand_cases():
     assert reward.pair_accuracy(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])) == 0.5
 
 
+def test_accuracy_difference_resamples_validation_prompts():
+    # 3 val prompts x 2 images (+ 2 train rows that must not count); the reward is right on 5 of 6, CLIP on 4
+    y = np.array([1, 0, 1, 0, 1, 0, 1, 0], np.float32)
+    val = np.array([True] * 6 + [False] * 2)
+    txt = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    data = reward.Data(img=np.zeros((1, 2)), txt=np.zeros((3, 2)), label_img=np.zeros(8, np.int64), label_txt=txt,
+                       label_y=y, label_val=val, aug_txt=np.full((8, 1), -1), pair_c=np.zeros(0, np.int64),
+                       pair_r=np.zeros(0, np.int64), pair_txt=np.zeros(0, np.int64), pair_y=np.zeros(0),
+                       pair_val=np.zeros(0, bool), val_rule="test", fingerprint="x")
+    r = np.array([0.9, 0.1, 0.8, 0.2, 0.1, 0.0, 0.0, 1.0])   # at 0.5: wrong on val row 4 only
+    c = np.array([0.9, 0.9, 0.1, 0.1, 0.9, 0.1, 0.0, 1.0])   # at 0.5: wrong on val rows 1 and 2
+    d = reward.accuracy_difference(r, c, data, {"threshold": 0.5}, {"threshold": 0.5}, n_boot=500)
+    assert d["value"] == pytest.approx(5 / 6 - 4 / 6, abs=1e-6) and d["n"] == 3
+    lo, hi = d["ci95"]
+    assert lo <= d["value"] <= hi and hi - lo > 0   # prompts differ, so resampling them moves the difference
+    same = reward.accuracy_difference(r, r, data, {"threshold": 0.5}, {"threshold": 0.5}, n_boot=200)
+    assert same["value"] == 0 and same["ci95"] == [0, 0]
+    assert reward.accuracy_difference(r, c, data, {}, {"threshold": 0.5}) is None
+
+
 @pytest.mark.skipif(not (SHIPPED_CLIP / "model.safetensors").exists(), reason="shapes-CLIP not built")
 def test_shipped_shapes_clip_knows_the_shapes_world():
     from autofeedback.shapes.world import Scene, render
@@ -231,3 +251,33 @@ def test_shipped_shapes_clip_knows_the_shapes_world():
     img, txt = clip.images([buf.getvalue()]), clip.texts(options)
     sims = (img / np.linalg.norm(img)) @ (txt / np.linalg.norm(txt, axis=1, keepdims=True)).T
     assert options[int(np.argmax(sims))] == scene.prompt
+
+
+def test_perturbed_prompts_that_are_validation_prompts_never_enter_training(judged_run, tiny_clip, tmp_path):
+    """A perturbed prompt equal to a validation prompt would teach the head that prompt's text is wrong."""
+    import shutil
+
+    run = _copy(judged_run, tmp_path)
+    cfg = _cfg(run, tiny_clip, aux_weight=0.5)
+    clip = embeddings.Clip(str(tiny_clip))
+    base = reward.load(cfg, embeddings.Cache(run, clip))
+    labels = tables.read(tables.table_path(run, "labels"), "labels").to_pylist()
+    prompt_of = {r["image_id"]: r["prompt"] for r in labels}
+    val_prompt = next(r["prompt"] for r, v in zip(labels, base.label_val) if v)
+    # every train image's perturbed prompts now start with a validation prompt
+    aug_path = tables.table_path(run, "augmentations")
+    augs = tables.read(aug_path, "augmentations").to_pylist()
+    planted = 0
+    for a in augs:
+        if prompt_of[a["image_id"]] != val_prompt:
+            a["perturbed"] = [val_prompt, *(a["perturbed"] or [])]
+            planted += 1
+    shutil.rmtree(aug_path) if aug_path.is_dir() else aug_path.unlink()
+    tables.append(aug_path, augs, "augmentations")
+
+    data = reward.load(cfg, embeddings.Cache(run, clip))
+    assert data.counts["perturbed_dropped_val"] >= planted > 0
+    used = set(data.aug_txt[data.aug_txt >= 0].tolist())
+    assert used and not used & set(data.label_txt[data.label_val].tolist()), \
+        "a validation prompt is a candidate of the prompt-classification loss"
+    assert data.counts["aux_rows"] > 0
