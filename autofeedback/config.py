@@ -227,8 +227,8 @@ class EvalConfig(StageConfig):
     seed: int = Field(0, description="bootstrap and random-baseline seed")
     judge: str | None = Field(None, description="judge for before/after and the image grids (default: the one "
                                                 "with most pointwise judgments)")
-    models: list[str] | None = Field(None, description="models to compare, baseline first (default: by the age "
-                                                       "of their first image)")
+    models: list[str] | None = Field(None, min_length=2, description="models to compare (two or more, baseline "
+                                                                    "first; default: by the age of their first image)")
     split: str | None = Field(None, description="before/after on prompts of this split only (e.g. heldout)")
     min_rater_items: int = Field(10, ge=2, description="human ceiling: leave out raters with fewer items")
     html: bool = Field(True, description="write report/report.html")

@@ -397,10 +397,10 @@ def run(cfg) -> dict:
 
         pairs_of = lambda f: (f(data.pair_c, data.pair_txt), f(data.pair_r, data.pair_txt)) \
             if len(data.pair_c) else None  # noqa: E731
-        reward_m = evaluate("reward", scores(data.label_img, data.label_txt), pairs_of(scores), data)
-        clip_m = evaluate("clip_score", cosine(data.label_img, data.label_txt), pairs_of(cosine), data)
-        diff = accuracy_difference(scores(data.label_img, data.label_txt), cosine(data.label_img, data.label_txt),
-                                   data, reward_m, clip_m, seed=cfg.seed)
+        label_reward, label_clip = scores(data.label_img, data.label_txt), cosine(data.label_img, data.label_txt)
+        reward_m = evaluate("reward", label_reward, pairs_of(scores), data)
+        clip_m = evaluate("clip_score", label_clip, pairs_of(cosine), data)
+        diff = accuracy_difference(label_reward, label_clip, data, reward_m, clip_m, seed=cfg.seed)
         majority = None
         if data.label_val.any():
             pos_rate = float(np.mean(data.label_y[~data.label_val] >= 0.5))

@@ -272,6 +272,9 @@ def test_before_after_by_hand():
     with pytest.raises(InputError, match="model"):
         evaluate.before_after(images, judgments, models=["A", "C"])
     assert evaluate.before_after(images[images["model"] == "A"], judgments) is None
+    # one model named is a mistake (e.g. --models given twice, the last one winning), not "nothing to report"
+    with pytest.raises(ValueError, match="at least 2"):
+        EvalConfig(run_dir="r", models=["A"])
 
 
 # ------------------------------------------------------------------ a real shapes-world run
