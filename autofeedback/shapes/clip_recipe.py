@@ -10,7 +10,7 @@ noise, color shift) like a small diffusion model's samples.
 The folder loads with CLIPModel.from_pretrained + CLIPProcessor.from_pretrained, like any Hub CLIP, and
 is what `--clip data/models/shapes-clip`, `--judge clip:data/models/shapes-clip` and `embed` use.
 
-    python -m autofeedback.shapes.clip_recipe --out data/models/shapes-clip            # ~10 min, 2 CPU cores
+    python -m autofeedback.shapes.clip_recipe --out data/models/shapes-clip            # ~15 min, 2 CPU cores
     python -m autofeedback.shapes.clip_recipe --out /tmp/c --steps 20 --per-prompt 2    # smoke
 """
 
@@ -31,7 +31,7 @@ from .world import IMAGE_SIZE, Scene, degrade, render
 MEAN = STD = (0.5, 0.5, 0.5)
 
 
-def build_model(tokenizer, vision_width: int = 64, vision_layers: int = 3, text_width: int = 64,
+def build_model(tokenizer, vision_width: int = 64, vision_layers: int = 4, text_width: int = 64,
                 text_layers: int = 2, projection_dim: int = 64):
     """The architecture, from config (random weights)."""
     from transformers import CLIPConfig, CLIPModel
@@ -138,9 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--per-prompt", type=int, default=48, help="rendered training images per train prompt")
     ap.add_argument("--degraded", type=float, default=0.75, help="share of training renders that are degraded")
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=256, help="prompts per batch (distinct)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--vision-width", type=int, default=64)
+    ap.add_argument("--vision-layers", type=int, default=4)
+    ap.add_argument("--projection-dim", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tokenizer(args.out / ".tokenizer-build")
-    model = build_model(tokenizer)
+    model = build_model(tokenizer, vision_width=args.vision_width, vision_layers=args.vision_layers,
+                        projection_dim=args.projection_dim)
     log(f"params: vision {sum(p.numel() for p in model.vision_model.parameters()) / 1e6:.2f}M, "
         f"text {sum(p.numel() for p in model.text_model.parameters()) / 1e6:.2f}M")
     records = suite_records()
