@@ -55,13 +55,12 @@ class Clip:
         self.dim = int(self.model.config.projection_dim)
         self._torch = torch
 
-    def images(self, pngs: list[bytes]) -> np.ndarray:
-        """Image features, one row per encoded image (PNG/JPEG bytes)."""
-        from PIL import Image
-
+    def images(self, pngs: list[bytes], ids: list[str] | None = None) -> np.ndarray:
+        """Image features, one row per encoded image (PNG/JPEG bytes); `ids` name them in errors."""
         out = []
         for start in range(0, len(pngs), self.batch_size):
-            batch = [Image.open(io.BytesIO(b)).convert("RGB") for b in pngs[start:start + self.batch_size]]
+            batch = [_decode(b, ids[start + k] if ids else start + k)
+                     for k, b in enumerate(pngs[start:start + self.batch_size])]
             pixels = self.processor(images=batch, return_tensors="pt").pixel_values.to(self.device)
             with self._torch.inference_mode():
                 out.append(_features(self.model.get_image_features(pixel_values=pixels)))
@@ -76,6 +75,16 @@ class Clip:
             with self._torch.inference_mode():
                 out.append(_features(self.model.get_text_features(**ids)))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def _decode(data: bytes, name):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"image {name} does not decode ({type(exc).__name__}: {exc}); regenerate it or drop its "
+                         f"row (embeddings computed so far are kept)") from None
 
 
 def _features(out) -> np.ndarray:
@@ -107,7 +116,8 @@ class Cache:
         missing = sorted({i for i in image_ids if ("image", i) not in self.vectors})
         if missing:
             get = pngs if callable(pngs) else dict(zip(image_ids, pngs)).__getitem__
-            self._fill("image", missing, lambda ids: self.clip.images([get(i) for i in ids]), [None] * len(missing))
+            self._fill("image", missing, lambda ids: self.clip.images([get(i) for i in ids], ids),
+                       [None] * len(missing))
         return np.stack([self.vectors[("image", i)] for i in image_ids]) if image_ids else \
             np.zeros((0, self.clip.dim), np.float32)
 

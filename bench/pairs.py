@@ -126,8 +126,9 @@ def main() -> None:
         for name, make in (("pointwise", pointwise_judgments), ("pairwise", pairwise_judgments)):
             results.append(bench(name, make, args.rows, rng, Path(tmp)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"machine: {describe(torch_info=False)}, numpy {np.__version__}, pyarrow {pa.__version__}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, "
-          f"pyarrow threads {pa.cpu_count()}; peak RSS {peak:.0f} MB")
+    print(f"machine: {describe(torch_info=False)}, numpy {np.__version__}, pyarrow {pa.__version__}; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, pyarrow threads {pa.cpu_count()}; "
+          f"peak RSS {peak:.0f} MB")
     print()
     print("| case | judgment rows | pairs | ties dropped | labels | seconds | rows/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -101,6 +101,19 @@ def test_not_a_clip_folder_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "cannot load a CLIP model" in r.stderr, r.stderr
 
 
+def test_an_image_that_does_not_decode_is_a_clear_embed_error(judged_run, tiny_clip, tmp_path):
+    run = _copy(judged_run, tmp_path)
+    assert cli("embed", run, "--clip", tiny_clip).returncode == 0
+    before = tables.read(tables.table_path(run, "embeddings"), "embeddings").num_rows
+    img = tables.read(tables.table_path(run, "images"), "images").slice(0, 1).to_pylist()[0]
+    img.update(image_id="broken0000000000", image={"bytes": b"not a png", "path": "x.png"})
+    tables.append(tables.table_path(run, "images"), [img], "images")
+    r = cli("embed", run, "--clip", tiny_clip)
+    assert r.returncode == 2 and "image broken0000000000 does not decode" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert tables.read(tables.table_path(run, "embeddings"), "embeddings").num_rows == before  # nothing lost
+
+
 # ------------------------------------------------------------------------------------------- training
 @pytest.mark.parametrize("objective,aux", [("mse", 0.5), ("bt", 0.5)])
 def test_two_steps_change_every_trainable_parameter(judged_run, tiny_clip, tmp_path, objective, aux):
