@@ -55,6 +55,7 @@ metrics.json, key reference (every metric is {"value", "ci95": [lo, hi], "n"}; n
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import warnings
@@ -98,7 +99,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     _check_map_used(mapping, [p for p in [human_path, *judgment_paths] if p is not None])
 
     # 2. Read the run's tables (images without pixels, prompts).
-    images = _read_run_table(run_dir, "images", ["image_id", "prompt_id", "prompt", "model", "created_at"])
+    images = _read_run_table(run_dir, "images", ["image_id", "prompt_id", "prompt", "model", "seed", "created_at"])
     prompts = _read_run_table(run_dir, "prompts", ["prompt_id", "prompt", "category", "split"])
 
     # 3. Read and normalize the ratings.
@@ -161,6 +162,9 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     report_dir = run_dir / "report"
     with tables.run_lock(run_dir, wait=cfg.wait):
         merged = write_metrics(report_dir / "metrics.json", metrics)
+        grid_path = None
+        if ba is not None:
+            grid_path = before_after_grid(run_dir, images, prompts, jt, ba, report_dir / "before_after.png")
         html_path = None
         if cfg.html:
             from . import report
@@ -171,7 +175,8 @@ def run(cfg: EvalConfig, echo=None) -> dict:
         from . import report
 
         echo(report.format_terminal(metrics))
-        echo(f"\nwrote {report_dir / 'metrics.json'}" + (f" and {html_path}" if html_path else ""))
+        written = [str(p) for p in (html_path, grid_path) if p]
+        echo(f"\nwrote {report_dir / 'metrics.json'}" + (f" and {' and '.join(written)}" if written else ""))
     return _public(metrics)
 
 
@@ -1092,6 +1097,63 @@ def image_grids(run_dir: Path, images, judges, agreement, ba, cfg, k: int | None
         grids.append({"title": title, "note": note,
                       "items": [{"image_id": it, "png": png.get(it), "caption": c} for it, c in lst]})
     return grids
+
+
+def before_after_grid(run_dir: Path, images, prompts, judgments, ba: dict, path: Path, rows: int = 12,
+                      cell: int = 96) -> Path | None:
+    """report/before_after.png: for `rows` prompts of the comparison (spread evenly over them), the
+    image of each model at the same seed side by side, framed green when the judge says aligned and
+    red when not (grey: no verdict). None when no prompt has an image of every model at one seed."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    models, judge = ba["models"], ba["judge"]
+    img = images[images["model"].isin(models) & images["seed"].notna()].drop_duplicates("image_id")
+    if ba.get("split") is not None and prompts is not None:
+        img = img[img["prompt_id"].isin(set(prompts.loc[prompts["split"] == ba["split"], "prompt_id"]))]
+    j = _to_pandas(judgments)
+    j = j[(j["judge"] == judge) & (j["mode"] == "pointwise") & (j["status"] == "ok")]
+    verdict = {list(ids)[0]: bool(label) for ids, label in zip(j["image_ids"], j["label"])
+               if ids is not None and len(ids) and not _is_null(label)}
+    # (prompt, seed) cells that every model has, the lowest seed per prompt
+    full = img.groupby(["prompt_id", "seed"])["model"].nunique()
+    full = full[full == len(models)].reset_index().sort_values(["prompt_id", "seed"]).drop_duplicates("prompt_id")
+    if full.empty:
+        return None
+    prompt_of = dict(zip(img["prompt_id"], img["prompt"]))
+    full["prompt"] = full["prompt_id"].map(prompt_of)
+    full = full.sort_values("prompt", kind="stable")
+    pick = full.iloc[np.unique(np.linspace(0, len(full) - 1, min(rows, len(full))).round().astype(int))]
+    key = img.set_index(["prompt_id", "seed", "model"])["image_id"]
+    ids = [[key.loc[(r.prompt_id, r.seed, m)] for m in models] for r in pick.itertuples()]
+    pngs = _image_bytes(run_dir, sorted({i for row in ids for i in row}))
+    label_w, pad = 300, 4
+    head_h = 14 * (len(models) + 2) + 8
+    width = max(label_w + len(models) * (cell + pad), 640)
+    canvas = Image.new("RGB", (width, head_h + len(ids) * (cell + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), f"same prompt and seed per row; frame: {judge} says aligned (green) / not (red)", fill="black")
+    for c, m in enumerate(models):
+        draw.text((4, 18 + 14 * c), f"column {c + 1}: {m}", fill="black")
+        draw.text((label_w + c * (cell + pad) + cell // 2 - 4, head_h - 16), str(c + 1), fill="black")
+    for r, (row, meta) in enumerate(zip(ids, pick.itertuples())):
+        y = head_h + r * (cell + pad)
+        draw.text((4, y + cell // 2 - 6), f"{meta.prompt} (seed {meta.seed})", fill="black")
+        for c, image_id in enumerate(row):
+            x = label_w + c * (cell + pad)
+            frame = {True: (30, 160, 60), False: (210, 40, 40)}.get(verdict.get(image_id), (150, 150, 150))
+            data = pngs.get(image_id)
+            tile = Image.new("RGB", (cell - 8, cell - 8), (230, 230, 230))
+            if data:
+                try:
+                    tile = Image.open(io.BytesIO(data)).convert("RGB").resize((cell - 8, cell - 8), Image.NEAREST)
+                except Exception:  # noqa: BLE001 - an undecodable image stays a grey tile
+                    pass
+            canvas.paste(ImageOps.expand(tile, border=4, fill=frame), (x, y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
 
 
 def _image_bytes(run_dir: Path, ids: list[str]) -> dict[str, bytes]:

@@ -124,5 +124,6 @@ def run(path: str | Path, overrides: list[str] | None = None, run_dir: str | Pat
     echo("")
     echo(f"prompt alignment by the {', '.join(summary['judges'])} judge:")
     echo(alignment.format_table(summary))
-    echo(f"\nwrote {report_dir / 'metrics.json'}")
+    extra = [str(report_dir / f) for f in ("report.html", "before_after.png") if (report_dir / f).exists()]
+    echo(f"\nwrote {report_dir / 'metrics.json'}" + "".join(f" and {f}" for f in extra))
     return metrics

@@ -368,6 +368,27 @@ def test_shapes_run_before_after_and_merge(shapes_run):
     assert saved["before_after"] == json.loads(json.dumps(ba))
 
 
+def test_before_after_grid_frames_each_models_image_by_the_verdict(shapes_run):
+    from PIL import Image
+
+    run_dir, _, _ = shapes_run
+    grid = Image.open(run_dir / "report" / "before_after.png").convert("RGB")
+    j = tables.read(tables.table_path(run_dir, "judgments"), "judgments").to_pandas()
+    verdict = dict(zip(j["image_ids"].map(lambda ids: ids[0]), j["label"]))
+    prompts = tables.read(tables.table_path(run_dir, "prompts"), "prompts").to_pandas().sort_values("prompt")
+    # 12 prompts -> 12 rows (seed 0, the lowest both models have), sorted by prompt; columns in model order
+    label_w, pad, cell, head_h = 300, 4, 96, 14 * 4 + 8
+    assert grid.size == (max(label_w + 2 * (cell + pad), 640), head_h + 12 * (cell + pad))
+    seen = set()
+    for r, pid in enumerate(prompts["prompt_id"]):
+        for c, model in enumerate(["tiny-before", "tiny-after"]):
+            frame = grid.getpixel((label_w + c * (cell + pad) + 1, head_h + r * (cell + pad) + 1))
+            aligned = bool(verdict[tables.content_id("img", model, pid, 0)])
+            assert frame == ((30, 160, 60) if aligned else (210, 40, 40)), (r, c, model)
+            seen.add(aligned)
+    assert seen == {True, False}
+
+
 def test_shapes_run_agreement_with_labels(shapes_run):
     _, metrics, _ = shapes_run
     ag = metrics["agreement"]

@@ -71,6 +71,12 @@ def test_feedback_loop_pipeline_runs_end_to_end(tmp_path):
     assert len(ba["models"]) == 2 and any("+lora:" in m for m in ba["models"])
     comp = ba["comparisons"][0]
     assert comp["alignment_diff"]["ci95"][0] <= comp["alignment_diff"]["value"] <= comp["alignment_diff"]["ci95"][1]
+    # the before/after sample grid: one row per prompt, the two models' images at the same seed
+    from PIL import Image
+
+    grid = Image.open(run_dir / "report" / "before_after.png")
+    grid.verify()
+    assert "before_after.png" in p.stdout
     # training pairs come from train prompts only
     split = {r["prompt_id"]: r["split"] for r in tables.read(run_dir / "prompts.parquet", "prompts").to_pylist()}
     prefs = tables.read(run_dir / "preferences.parquet", "preferences").to_pylist()

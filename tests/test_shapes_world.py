@@ -84,3 +84,45 @@ def test_suite_split_holds_unseen_count_color_pairs():
 def test_committed_suite_file_matches_the_generator():
     lines = (REPO / "prompts" / "shapes.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == suite_records()
+
+
+def test_recipe_caption_noise_mislabels_one_field_and_never_names_a_heldout_prompt():
+    from autofeedback.shapes.recipe import mislabel, render_dataset
+    from autofeedback.shapes.suite import split_of
+
+    rng = np.random.default_rng(0)
+    train = [Scene(**r["metadata"]) for r in suite_records() if r["split"] == "train"]
+    for scene in train:
+        for _ in range(5):
+            wrong = mislabel(scene, ("count", "color"), rng)
+            diff = [f for f in ("count", "color", "shape", "background") if getattr(wrong, f) != getattr(scene, f)]
+            assert len(diff) == 1 and diff[0] in ("count", "color"), (scene, wrong)
+            assert split_of(wrong) == "train"
+    # The images are the same with and without noise; only the stated share of captions changes.
+    clean_images, clean, n0 = render_dataset(1, seed=3)
+    noisy_images, noisy, n = render_dataset(1, seed=3, caption_noise=0.4, noisy_fields=("count",))
+    assert n0 == 0 and np.array_equal(clean_images, noisy_images)
+    changed = [a != b for a, b in zip(clean, noisy)]
+    assert sum(changed) == n and 0.3 < n / len(clean) < 0.5
+    heldout_prompts = {r["prompt"] for r in suite_records() if r["split"] == "heldout"}
+    assert not heldout_prompts & set(noisy)
+    for a, b in zip(clean, noisy):
+        if a != b:  # only the count differs
+            sa, sb = parse_prompt(a), parse_prompt(b)
+            assert sa.count != sb.count and (sa.color, sa.shape, sa.background) == (sb.color, sb.shape, sb.background)
+
+
+def test_pretraining_set_with_caption_noise_is_a_valid_run_with_train_prompts_only(tmp_path):
+    from autofeedback import tables
+    from autofeedback.shapes.demo import make_pretraining_set
+
+    clean = tables.read(make_pretraining_set(tmp_path / "clean", per_prompt=2) / "images.parquet", "images").to_pylist()
+    run = make_pretraining_set(tmp_path / "noisy", per_prompt=2, caption_noise=0.5, noisy_fields=("color",))
+    noisy = tables.read(run / "images.parquet", "images").to_pylist()
+    prompts = {r["prompt_id"]: r for r in tables.read(run / "prompts.parquet", "prompts").to_pylist()}
+    assert [r["image"]["bytes"] for r in noisy] == [r["image"]["bytes"] for r in clean]  # same renders
+    assert all(prompts[r["prompt_id"]]["prompt"] == r["prompt"] and prompts[r["prompt_id"]]["split"] == "train"
+               for r in noisy)
+    wrong = [(a, b) for a, b in zip(clean, noisy) if a["prompt"] != b["prompt"]]
+    assert 0.35 < len(wrong) / len(noisy) < 0.65
+    assert all(parse_prompt(a["prompt"]).color != parse_prompt(b["prompt"]).color for a, b in wrong)

@@ -17,11 +17,16 @@ held-out alignment, with counts stuck near 71%).
 
     python -m autofeedback.shapes.recipe --out data/models/shapes-tiny          # ~10-16 min, 2 CPU cores
     python -m autofeedback.shapes.recipe --out /tmp/m --vae-steps 20 --unet-steps 20   # smoke
+
+`--caption-noise 0.4 --noisy-fields count,color` trains on web-like labels instead: the same renders, 40% of
+captions wrong in the count or the color (never naming a held-out prompt) -- a model that can draw every
+scene but follows prompts loosely (README, "Where the feedback loop stands").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -29,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .suite import suite_records
-from .world import IMAGE_SIZE, Scene, render
+from .suite import split_of, suite_records
+from .world import COUNTS, IMAGE_SIZE, PALETTE, SHAPES, Scene, render
 
 # Words of the shapes world plus a few glue words; everything else falls back to characters.
 VOCAB_WORDS = sorted({
@@ -128,16 +133,42 @@ def make_scheduler():
     )
 
 
-def render_dataset(per_prompt: int, seed: int) -> tuple[np.ndarray, list[str]]:
+def mislabel(scene: Scene, fields: tuple[str, ...], rng: np.random.Generator) -> Scene:
+    """The scene's caption with one of `fields` made wrong, the way web alt-text miscounts or misnames,
+    never turning it into a held-out prompt (those stay unseen)."""
+    field = fields[int(rng.integers(len(fields)))]
+    values = {"count": COUNTS, "shape": SHAPES, "color": tuple(PALETTE), "background": tuple(PALETTE)}[field]
+    options = []
+    for v in values:
+        if v == getattr(scene, field):
+            continue
+        try:
+            other = dataclasses.replace(scene, **{field: v})
+        except ValueError:  # color == background
+            continue
+        if split_of(other) == "train":
+            options.append(other)
+    return options[int(rng.integers(len(options)))] if options else scene
+
+
+def render_dataset(per_prompt: int, seed: int, caption_noise: float = 0.0,
+                   noisy_fields: tuple[str, ...] = ("count",)) -> tuple[np.ndarray, list[str], int]:
+    """Renders of every train prompt; with caption_noise, that share of captions is wrong in one of
+    noisy_fields. Returns (images, captions, number of wrong captions)."""
     records = [r for r in suite_records() if r["split"] == "train"]
     rng = np.random.default_rng(seed)
-    images, prompts = [], []
+    noise_rng = np.random.default_rng([seed, 1])  # the clean dataset stays the same with or without noise
+    images, prompts, wrong = [], [], 0
     for r in records:
         scene = Scene(**r["metadata"])
         for s in rng.integers(0, 2**31, size=per_prompt):
             images.append(np.asarray(render(scene, int(s))))
-            prompts.append(r["prompt"])
-    return np.stack(images), prompts
+            caption = scene
+            if caption_noise and noise_rng.random() < caption_noise:
+                caption = mislabel(scene, noisy_fields, noise_rng)
+                wrong += caption != scene
+            prompts.append(caption.prompt)
+    return np.stack(images), prompts, wrong
 
 
 def _to_tensor(images: np.ndarray):
@@ -239,8 +270,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--caption-noise", type=float, default=0.0,
+                    help="share of training captions made wrong in one of --noisy-fields (web-like labels)")
+    ap.add_argument("--noisy-fields", default="count", help="comma-separated: count, shape, color, background")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the EMA pipeline every N UNet steps")
     args = ap.parse_args(argv)
+    fields = tuple(f.strip() for f in args.noisy_fields.split(",") if f.strip())
+    if not 0.0 <= args.caption_noise <= 1.0:
+        ap.error(f"--caption-noise must be in [0, 1], got {args.caption_noise}")
+    if not fields or set(fields) - {"count", "shape", "color", "background"}:
+        ap.error(f"--noisy-fields: expected some of count, shape, color, background; got {args.noisy_fields!r}")
 
     import torch
     from diffusers import StableDiffusionPipeline
@@ -260,8 +299,9 @@ def main(argv: list[str] | None = None) -> None:
         f"vae {sum(p.numel() for p in vae.parameters())/1e6:.2f}M, "
         f"text {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
     # 2. Data: rendered scenes of train prompts.
-    images, prompts = render_dataset(args.per_prompt, args.seed)
-    log(f"rendered {len(images)} images of {len(set(prompts))} train prompts")
+    images, prompts, wrong = render_dataset(args.per_prompt, args.seed, args.caption_noise, fields)
+    log(f"rendered {len(images)} images of {len(set(prompts))} train prompts; {wrong} captions wrong "
+        f"({wrong / len(images):.1%}, in {', '.join(fields)})")
     # 3. VAE, then cache latents with a scaling factor that gives them unit variance.
     train_vae(vae, images, args.vae_steps, args.batch, args.seed, log)
     with torch.no_grad():
@@ -281,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe.save_pretrained(out)
         (out / "recipe.json").write_text(json.dumps({
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "out": str(out), "unet_steps": unet_steps, "train_images": len(images),
+            "out": str(out), "unet_steps": unet_steps, "train_images": len(images), "wrong_captions": wrong,
             "vae_psnr_db": round(psnr, 2), "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
         }, indent=2) + "\n")
         log(f"saved {out}")
