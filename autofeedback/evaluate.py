@@ -57,7 +57,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -1104,7 +1103,7 @@ def before_after_grid(run_dir: Path, images, prompts, judgments, ba: dict, path:
     """report/before_after.png: for `rows` prompts of the comparison (spread evenly over them), the
     image of each model at the same seed side by side, framed green when the judge says aligned and
     red when not (grey: no verdict). None when no prompt has an image of every model at one seed."""
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
     models, judge = ba["models"], ba["judge"]
     img = images[images["model"].isin(models) & images["seed"].notna()].drop_duplicates("image_id")
@@ -1146,14 +1145,12 @@ def before_after_grid(run_dir: Path, images, prompts, judgments, ba: dict, path:
             if data:
                 try:
                     tile = Image.open(io.BytesIO(data)).convert("RGB").resize((cell - 8, cell - 8), Image.NEAREST)
-                except Exception:  # noqa: BLE001 - an undecodable image stays a grey tile
-                    pass
+                except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+                    pass  # an undecodable image stays a grey tile: the report still gets written
             canvas.paste(ImageOps.expand(tile, border=4, fill=frame), (x, y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return tables.write_atomic(path, buf.getvalue())
 
 
 def _image_bytes(run_dir: Path, ids: list[str]) -> dict[str, bytes]:
@@ -1171,7 +1168,6 @@ def write_metrics(path: Path, metrics: dict, keys=OWN_KEYS) -> dict:
 
     The one writer of RUN/report/metrics.json: `eval` owns OWN_KEYS, `autofeedback run` its own keys."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     merged: dict = {}
     if path.exists():
         try:
@@ -1182,9 +1178,7 @@ def write_metrics(path: Path, metrics: dict, keys=OWN_KEYS) -> dict:
             raise InputError(f"{path}: existing metrics.json is not a JSON object; move it away")
     for key in keys:
         merged[key] = _public(metrics.get(key))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(merged, indent=2, allow_nan=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    tables.write_atomic(path, json.dumps(merged, indent=2, allow_nan=False, default=_json_default) + "\n")
     return merged
 
 

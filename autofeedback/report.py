@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -608,9 +607,6 @@ def render_html(metrics: dict, grids: list[dict] | None = None) -> str:
 
 
 def write_html(path: str | Path, metrics: dict, grids: list[dict] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_html(metrics, grids), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from .tables import write_atomic
+
+    return write_atomic(path, render_html(metrics, grids))

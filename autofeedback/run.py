@@ -124,6 +124,7 @@ def run(path: str | Path, overrides: list[str] | None = None, run_dir: str | Pat
     echo("")
     echo(f"prompt alignment by the {', '.join(summary['judges'])} judge:")
     echo(alignment.format_table(summary))
-    extra = [str(report_dir / f) for f in ("report.html", "before_after.png") if (report_dir / f).exists()]
+    has_eval = any(name == "eval" for name, _ in configs)  # else a report file there is from an earlier eval
+    extra = [str(report_dir / f) for f in ("report.html", "before_after.png") if has_eval and (report_dir / f).exists()]
     echo(f"\nwrote {report_dir / 'metrics.json'}" + "".join(f" and {f}" for f in extra))
     return metrics

@@ -100,6 +100,19 @@ STATUSES = ("ok", "parse_error", "refused", "truncated", "api_error", "budget", 
 
 
 # ----------------------------------------------------------------------------------------------- IDs
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write a small file (report, metrics, image) whole or not at all: a temp file, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
 def content_id(*parts: object) -> str:
     """A stable ID from JSON-able parts: the same work gets the same ID on every machine."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -77,6 +77,10 @@ def test_feedback_loop_pipeline_runs_end_to_end(tmp_path):
     grid = Image.open(run_dir / "report" / "before_after.png")
     grid.verify()
     assert "before_after.png" in p.stdout
+    # a later pipeline without an eval stage does not claim the report files an earlier eval left there
+    later = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert (run_dir / "report" / "before_after.png").exists() and "before_after.png" not in later.stdout
     # training pairs come from train prompts only
     split = {r["prompt_id"]: r["split"] for r in tables.read(run_dir / "prompts.parquet", "prompts").to_pylist()}
     prefs = tables.read(run_dir / "preferences.parquet", "preferences").to_pylist()
