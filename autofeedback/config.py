@@ -113,6 +113,8 @@ class TrainConfig(StageConfig):
     timestep_min: float = Field(0.0, ge=0, lt=1, description="sample training timesteps from this fraction of the "
                                                             "schedule upward (e.g. 0.6: only high noise, where layout "
                                                             "and counts are decided)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="save an exponential moving average of the trained weights "
+                                                         "with this decay (e.g. 0.99; 0 = off, save the last weights)")
 
 
 class TrainDPOConfig(TrainConfig):

@@ -32,6 +32,7 @@ class Setup:
     noise_sched: object
     out_dir: Path
     step: int
+    ema: object | None = None
 
     def log(self, msg: str) -> None:
         if self.accelerator.is_main_process:
@@ -149,9 +150,16 @@ def setup(cfg, need_reference: bool) -> Setup:
     watch = snapshot(unet) if cfg.lora_rank > 0 or small else None
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     unet, opt = accelerator.prepare(unet, opt)
+    ema = None
+    if cfg.ema_decay:  # diffusers' EMAModel, saved and restored with the checkpoints
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=cfg.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
     out_dir = Path(cfg.run_dir) / cfg.out
     s = Setup(accelerator, pipe, unet, ref_unet, opt, params, watch,
-              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0)
+              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0, ema)
     ckpt = latest_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
@@ -187,6 +195,8 @@ def optimize(s: Setup, loss, cfg) -> None:
         s.accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
     s.opt.step()
     s.opt.zero_grad(set_to_none=True)
+    if s.ema is not None and s.accelerator.sync_gradients:
+        s.ema.step(s.params)
 
 
 def end_step(s: Setup, cfg, rec: dict, history: list[dict], text: str) -> None:
@@ -236,6 +246,8 @@ def finish(cfg, s: Setup, history: list[dict]) -> dict:
     """Save the weights (LoRA for load_lora_weights, or a full pipeline) and train.json."""
     s.accelerator.wait_for_everyone()
     summary: dict = {"steps": s.step, "out": str(s.out_dir), "lora": None}
+    if s.ema is not None:
+        s.ema.copy_to(s.params)  # the averaged weights are what is saved
     if s.accelerator.is_main_process:
         model = s.accelerator.unwrap_model(s.unet)
         if s.watch is not None and history:

@@ -116,3 +116,23 @@ def test_rwr_smoke_weights_by_reward_and_regularizes(tmp_path, tiny_model):
     assert all(m["reg"] > 0 for m in metrics)
     scored = train_rwr.load_rewards(TrainRWRConfig(run_dir=run_dir, model=str(tiny_model), reward="score"))
     assert min(r["reward"] for r in scored) == 0.0 and max(r["reward"] for r in scored) == 1.0
+
+
+def test_ema_weights_are_saved_and_resume_with_the_checkpoint(pref_run, tiny_model):
+    import torch
+    from safetensors.torch import load_file
+
+    def norms(tensors):
+        return sorted(round(float(t.float().norm()), 5) for t in tensors)
+
+    cfg = dict(ema_decay=0.9, checkpoint_every=1, keep_checkpoints=0)
+    train_dpo.run(_cfg(pref_run, tiny_model, steps=2, **cfg))
+    s = train_dpo.run(_cfg(pref_run, tiny_model, steps=4, **cfg))  # resumes at step 2, EMA included
+    ckpt = train_dpo.latest_checkpoint(pref_run / "dpo")
+    ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+    assert ema["optimization_step"] == 4  # 2 steps before the resume + 2 after, not restarted
+    raw = [v for k, v in load_file(ckpt / "model.safetensors").items() if "lora" in k]
+    saved = load_file(f"{s['lora']}/pytorch_lora_weights.safetensors").values()
+    assert len(raw) == len(ema["shadow_params"]) == len(saved) > 0
+    assert norms(saved) == norms(ema["shadow_params"])  # what generate --lora loads is the average
+    assert norms(saved) != norms(raw)  # not the last step's weights
