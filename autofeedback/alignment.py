@@ -46,18 +46,32 @@ def summarize(run_dir: str | Path, group_by: list[str] | None = None, judge: str
     if not rows:
         raise InputError(f"{jpath}: no pointwise judgments" + (f" by judge {judge!r}" if judge else ""))
     for col in group_by:
-        if col not in ("split", "category", "suite"):
-            raise InputError(f"cannot group by {col!r}: use split, category or suite")
+        if col not in ("split", "category", "suite", "model"):
+            raise InputError(f"cannot group by {col!r}: use split, category, suite or model")
+    models = _model_names(run_dir) if "model" in group_by else {}
     out: dict = {"judges": sorted({r["judge"] for r in rows}), "group_by": group_by, "groups": {}}
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        p = prompts.get(r["prompt_id"], {})
+        p = {**prompts.get(r["prompt_id"], {}), "model": models.get((r["image_ids"] or [None])[0])}
         key = "/".join(str(p.get(c)) for c in group_by) if group_by else "all"
         groups[key].append(r)
-    if group_by and len(groups) > 1:
+    if group_by and len(groups) > 1 and "model" not in group_by:  # no "all" that pools different models
         groups["all"] = rows
     for key in sorted(groups, key=lambda k: (k == "all", k)):
         out["groups"][key] = _group(groups[key], n_boot, seed)
+    return out
+
+
+def _model_names(run_dir) -> dict[str, str]:
+    """image_id -> a short model name: the model folder's name, + the LoRA's training folder (base+dpo)."""
+    out = {}
+    for r in tables.read(tables.table_path(run_dir, "images"), "images", columns=["image_id", "model", "lora"]).to_pylist():
+        model = Path(r["model"].split("+lora:")[0])  # generate names a LoRA's images MODEL+lora:PATH
+        name = model.parent.name if model.name == "pipeline" else model.name  # RUN/rwr/pipeline -> rwr
+        if r["lora"]:
+            lora = Path(r["lora"])
+            name += "+" + (lora.parent.name if lora.name == "lora" else lora.name)  # RUN/dpo/lora -> +dpo
+        out[r["image_id"]] = name
     return out
 
 
@@ -90,7 +104,8 @@ def format_table(summary: dict) -> str:
         for c in g["metrics"]:
             if c not in concepts:
                 concepts.append(c)
-    header = f"{'group':<12}{'images':>7}  " + "  ".join(f"{c:>19}" for c in concepts)
+    width = max([len(name) + 2 for name in groups] + [12])
+    header = f"{'group':<{width}}{'images':>7}  " + "  ".join(f"{c:>19}" for c in concepts)
     lines = [header, "-" * len(header)]
     for name, g in groups.items():
         cells = []
@@ -98,6 +113,6 @@ def format_table(summary: dict) -> str:
             m = g["metrics"].get(c)
             cells.append(f"{'-':>19}" if m is None else
                          f"{100 * m['rate']:5.1f} [{100 * m['ci95'][0]:4.1f},{100 * m['ci95'][1]:5.1f}]".rjust(19))
-        lines.append(f"{name:<12}{g['n_images']:>7}  " + "  ".join(cells))
+        lines.append(f"{name:<{width}}{g['n_images']:>7}  " + "  ".join(cells))
     lines.append("rates in %, [95% CI] from a cluster bootstrap over prompts")
     return "\n".join(lines)

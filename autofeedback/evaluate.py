@@ -179,6 +179,13 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     return _public(metrics)
 
 
+def format_summary(summary: dict, cfg) -> str:
+    """What a pipeline's eval step prints: the same tables as `autofeedback eval`."""
+    from . import report
+
+    return "eval:\n" + report.format_terminal(summary)
+
+
 # ============================================================================ reading inputs
 def parse_map(items) -> dict[str, str]:
     """['item_id=image', ...] or {'item_id': 'image'} -> {'item_id': 'image'} (target column <- source)."""

@@ -1,4 +1,4 @@
-"""`autofeedback run pipelines/shapes.yaml`: the main job, on the shipped tiny model."""
+"""`autofeedback run pipelines/shapes.yaml`: the main job, the feedback loop on the shipped tiny model."""
 
 import json
 
@@ -8,7 +8,8 @@ from autofeedback import tables
 
 from .conftest import REPO, SHIPPED_MODEL, cli
 
-SMALL = ["--set", "generate.limit=6", "--set", "generate.images_per_prompt=1", "--set", "generate.steps=6"]
+# the loop, shrunk: 8 prompts per split, 4 denoising steps, 2 DPO steps
+SMALL = ["--set", "generate.limit=8", "--set", "generate.steps=4", "--set", "train_dpo.steps=2"]
 
 
 def test_shipped_model_is_a_standard_pipeline_under_20_mb():
@@ -22,24 +23,49 @@ def test_shipped_model_is_a_standard_pipeline_under_20_mb():
     assert recipe["unet_steps"] > 0 and "command" in recipe
 
 
-def test_run_pipeline_small_then_rerun_does_nothing(tmp_path):
+def test_main_job_small_runs_the_whole_loop_then_rerun_does_nothing(tmp_path):
+    """pipelines/shapes.yaml, shrunk: every stage of the loop runs, eval writes before/after, a rerun does no work."""
     run_dir = tmp_path / "run"
     p = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
-    assert p.returncode == 0, p.stderr
-    assert "heldout" in p.stdout and "train" in p.stdout and "95% CI" in p.stdout
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "95% CI" in p.stdout and "before/after by judge shapes" in p.stdout and "win rate" in p.stdout
+    assert (run_dir / "dpo" / "lora" / "pytorch_lora_weights.safetensors").exists()
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
-    groups = metrics["alignment"]["groups"]
-    assert set(groups) == {"train", "heldout", "all"}
+    groups = metrics["alignment"]["groups"]  # by split and model; no "all" pooling two models
+    assert set(groups) == {"train/shapes-tiny", "heldout/shapes-tiny", "heldout/shapes-tiny+dpo"}
     for g in groups.values():
         for concept in ("aligned", "count", "color", "shape", "background"):
             m = g["metrics"][concept]
             assert 0 <= m["ci95"][0] <= m["rate"] <= m["ci95"][1] <= 1
+    ba = metrics["before_after"]
+    assert len(ba["models"]) == 2 and any("+lora:" in m for m in ba["models"])
+    comp = ba["comparisons"][0]
+    assert comp["alignment_diff"]["ci95"][0] <= comp["alignment_diff"]["value"] <= comp["alignment_diff"]["ci95"][1]
+    # the before/after sample grid: one row per prompt, the two models' images at the same seed
+    from PIL import Image
+
+    grid = Image.open(run_dir / "report" / "before_after.png")
+    grid.verify()
+    assert "before_after.png" in p.stdout
+    # training pairs come from train prompts only
+    split = {r["prompt_id"]: r["split"] for r in tables.read(run_dir / "prompts.parquet", "prompts").to_pylist()}
+    prefs = tables.read(run_dir / "preferences.parquet", "preferences").to_pylist()
+    assert prefs and {split[r["prompt_id"]] for r in prefs} == {"train"}
     n_images = tables.read(run_dir / "images.parquet", "images").num_rows
-    assert n_images == 12
+    assert n_images == 3 * 8 * 4
     again = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
-    assert again.returncode == 0
-    assert again.stdout.count("0 new images") == 2 and "0 requests this run" in again.stdout
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("0 new images") == 3 and again.stdout.count("0 requests this run") == 2
+    assert "resumed from" in again.stdout and "dpo step" not in again.stdout  # the finished checkpoint: no training
     assert tables.read(run_dir / "images.parquet", "images").num_rows == n_images
+    # a later pipeline without an eval stage does not claim the report files an earlier eval left there
+    plain = tmp_path / "generate-judge.yaml"
+    plain.write_text(f"base_dir: {REPO}\nrun_dir: runs/x\nsteps:\n"
+                     "  - generate: {model: data/models/shapes-tiny, prompts: prompts/shapes.jsonl, split: heldout,"
+                     " limit: 2, images_per_prompt: 1, steps: 4}\n  - judge: {judge: shapes}\n")
+    later = cli("run", plain, "--run-dir", run_dir)
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert (run_dir / "report" / "before_after.png").exists() and "before_after.png" not in later.stdout
 
 
 def test_bad_override_is_a_clear_error(tmp_path):
@@ -55,33 +81,6 @@ def test_main_job_end_to_end(tmp_path):
     p = cli("run", str(REPO / "pipelines" / "shapes.yaml"), "--run-dir", tmp_path / "run", timeout=900)
     assert p.returncode == 0, p.stderr
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
-    held = metrics["alignment"]["groups"]["heldout"]["metrics"]["aligned"]["rate"]
+    held = metrics["alignment"]["groups"]["heldout/shapes-tiny"]["metrics"]["aligned"]["rate"]
     assert 0.15 <= held <= 0.70  # the tiny model is imperfect by design
-
-
-def test_feedback_loop_pipeline_runs_end_to_end(tmp_path):
-    """pipelines/shapes-loop.yaml, shrunk: every stage of the loop runs and eval writes before/after."""
-    run_dir = tmp_path / "loop"
-    p = cli("run", "pipelines/shapes-loop.yaml", "--run-dir", run_dir, "--set", "generate.limit=8",
-            "--set", "generate.steps=4", "--set", "train_dpo.steps=2", "--set", "train_dpo.checkpoint_every=0")
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert (run_dir / "dpo" / "lora" / "pytorch_lora_weights.safetensors").exists()
-    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
-    ba = metrics["before_after"]
-    assert len(ba["models"]) == 2 and any("+lora:" in m for m in ba["models"])
-    comp = ba["comparisons"][0]
-    assert comp["alignment_diff"]["ci95"][0] <= comp["alignment_diff"]["value"] <= comp["alignment_diff"]["ci95"][1]
-    # the before/after sample grid: one row per prompt, the two models' images at the same seed
-    from PIL import Image
-
-    grid = Image.open(run_dir / "report" / "before_after.png")
-    grid.verify()
-    assert "before_after.png" in p.stdout
-    # a later pipeline without an eval stage does not claim the report files an earlier eval left there
-    later = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
-    assert later.returncode == 0, later.stderr[-2000:]
-    assert (run_dir / "report" / "before_after.png").exists() and "before_after.png" not in later.stdout
-    # training pairs come from train prompts only
-    split = {r["prompt_id"]: r["split"] for r in tables.read(run_dir / "prompts.parquet", "prompts").to_pylist()}
-    prefs = tables.read(run_dir / "preferences.parquet", "preferences").to_pylist()
-    assert prefs and {split[r["prompt_id"]] for r in prefs} == {"train"}
+    assert len(metrics["before_after"]["comparisons"]) == 1
