@@ -65,7 +65,8 @@ def summarize(run_dir: str | Path, group_by: list[str] | None = None, judge: str
 def _model_names(run_dir) -> dict[str, str]:
     """image_id -> a short model name: the model folder's name, + the LoRA's training folder (base+dpo)."""
     out = {}
-    for r in tables.read(tables.table_path(run_dir, "images"), "images", columns=["image_id", "model", "lora"]).to_pylist():
+    images = tables.read(tables.table_path(run_dir, "images"), "images", columns=["image_id", "model", "lora"])
+    for r in images.to_pylist():
         model = Path(r["model"].split("+lora:")[0])  # generate names a LoRA's images MODEL+lora:PATH
         name = model.parent.name if model.name == "pipeline" else model.name  # RUN/rwr/pipeline -> rwr
         if r["lora"]:
