@@ -4,10 +4,11 @@ PPO on the denoising chain: the model samples with DDIM at eta=1 (every step a G
 log-probability is exact), the shapes checker rewards each sample (1 aligned, 0 not), advantages are
 normalized within each prompt's group of samples, and the UNet is trained with the clipped PPO objective
 on a random half of each chain's steps. Reward is computed online, in process; nothing is written but the
-pipeline every 5 epochs and one line per epoch.
+pipeline (or OUT/lora-<epoch> with --lora-rank) every 5 epochs and one line per epoch.
 
     python scripts/ddpo_experiment.py /tmp/models/noisy /tmp/ddpo --epochs 10 --lr 3e-4 --clip 1e-3 \
-        --minibatch 16          # the README's run: 10 epochs x 256 samples, ~9 min on 2 CPU cores
+        --minibatch 16          # the README's full fine-tune: 10 epochs x 256 samples, ~9 min on 2 CPU cores
+    python scripts/ddpo_experiment.py /tmp/models/noisy /tmp/ddpo-lora --epochs 30 --lora-rank 8   # README's LoRA
 
 then evaluate /tmp/ddpo/pipeline like any model: `autofeedback generate --model /tmp/ddpo/pipeline --prompts
 prompts/shapes.jsonl --split heldout -n 4 --seed 0 --out R`, `autofeedback judge R`, `autofeedback eval R`.
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--timestep-fraction", type=float, default=0.5)
     ap.add_argument("--prompts", default="prompts/shapes.jsonl")
+    ap.add_argument("--lora-rank", type=int, default=0, help="LoRA on attention (DDPO's default); 0 = full fine-tune")
     a = ap.parse_args()
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
@@ -86,7 +88,14 @@ def main() -> None:
         v = unet(torch.cat([xs, xs]), t, encoder_hidden_states=torch.cat([eu, ec])).sample
         return v[:n] + G * (v[n:] - v[:n])
 
-    opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=0.0)
+    if a.lora_rank:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=a.lora_rank, lora_alpha=a.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     empty = embed([""])
     hw = unet.config.sample_size
     P, K = a.prompts_per_epoch, a.samples_per_prompt
@@ -136,14 +145,23 @@ def main() -> None:
                 loss = torch.maximum(-adv_b * ratio, -adv_b * ratio.clamp(1 - a.clip, 1 + a.clip)).mean() / len(steps)
                 loss.backward()
                 clipfrac.append(float(((ratio.detach() - 1).abs() > a.clip).float().mean()))
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
         print(f"epoch {epoch} reward {rewards.mean():.3f} groups-with-signal {(r.std(1) > 0).mean():.2f} "
               f"trained {len(keep)} clipfrac {np.mean(clipfrac) if clipfrac else 0:.2f} "
               f"sample {t_sample:.0f}s total {time.time() - t0:.0f}s", flush=True)
         if (epoch + 1) % 5 == 0 or epoch + 1 == a.epochs:
-            pipe.save_pretrained(f"{a.out}/pipeline")
-            print("saved", f"{a.out}/pipeline", flush=True)
+            if a.lora_rank:
+                from peft.utils import get_peft_model_state_dict
+
+                from diffusers.utils import convert_state_dict_to_diffusers
+
+                pipe.save_lora_weights(f"{a.out}/lora-{epoch + 1}", unet_lora_layers=convert_state_dict_to_diffusers(
+                    get_peft_model_state_dict(unet)), safe_serialization=True)
+                print("saved", f"{a.out}/lora-{epoch + 1}", flush=True)
+            else:
+                pipe.save_pretrained(f"{a.out}/pipeline")
+                print("saved", f"{a.out}/pipeline", flush=True)
 
 
 if __name__ == "__main__":
