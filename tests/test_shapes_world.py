@@ -126,3 +126,5 @@ def test_pretraining_set_with_caption_noise_is_a_valid_run_with_train_prompts_on
     wrong = [(a, b) for a, b in zip(clean, noisy) if a["prompt"] != b["prompt"]]
     assert 0.35 < len(wrong) / len(noisy) < 0.65
     assert all(parse_prompt(a["prompt"]).color != parse_prompt(b["prompt"]).color for a, b in wrong)
+    # a relabelled render is a different row: its ID differs from the clean one's (the same ID otherwise)
+    assert all((a["image_id"] == b["image_id"]) == (a["prompt"] == b["prompt"]) for a, b in zip(clean, noisy))

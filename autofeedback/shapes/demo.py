@@ -69,7 +69,7 @@ def make_pretraining_set(run_dir: Path, per_prompt: int = 4, split: str = "train
                 caption = by_prompt[mislabel(scene, noisy_fields, noise_rng).prompt]
             pid = tables.prompt_id(caption["suite"], caption["prompt"])
             prompt_rows[pid] = {"prompt_id": pid, **caption, "metadata": json.dumps(caption["metadata"])}
-            iid = tables.content_id("pretraining-render", rec["prompt"], k, seed)
+            iid = tables.content_id("pretraining-render", rec["prompt"], caption["prompt"], k, seed)
             image_rows.append({"image_id": iid, "prompt_id": pid, "prompt": caption["prompt"], "model": "renderer",
                                "seed": k, "steps": 0, "guidance": 0.0, "height": 32, "width": 32, "sampler": None,
                                "lora": None, "image": {"bytes": buf.getvalue(), "path": f"{iid}.png"},
