@@ -115,6 +115,9 @@ class TrainConfig(StageConfig):
                                                             "and counts are decided)")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="save an exponential moving average of the trained weights "
                                                          "with this decay (e.g. 0.99; 0 = off, save the last weights)")
+    vae_latents: Literal["mode", "sample"] = Field(
+        "mode", description="training images -> latents: the VAE posterior's mode (as the shapes model was "
+                            "pre-trained; its posterior std is 0.3x the latent std) or a sample (diffusers' scripts)")
 
 
 class TrainDPOConfig(TrainConfig):

@@ -33,6 +33,7 @@ class Setup:
     out_dir: Path
     step: int
     ema: object | None = None
+    latents: str = "mode"
 
     def log(self, msg: str) -> None:
         if self.accelerator.is_main_process:
@@ -59,7 +60,9 @@ class Setup:
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         x = torch.stack([to_tensor(b, size) for b in pngs]).to(self.accelerator.device)
         with torch.no_grad():
-            return vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mode() if self.latents == "mode" else posterior.sample()
+            return z * vae.config.scaling_factor
 
     # ------------------------------------------------------------------ loss
     def noised(self, lat, rng: np.random.Generator, share_halves: bool = False, t_min: float = 0.0):
@@ -159,7 +162,7 @@ def setup(cfg, need_reference: bool) -> Setup:
         accelerator.register_for_checkpointing(ema)
     out_dir = Path(cfg.run_dir) / cfg.out
     s = Setup(accelerator, pipe, unet, ref_unet, opt, params, watch,
-              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0, ema)
+              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0, ema, cfg.vae_latents)
     ckpt = latest_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
@@ -258,9 +261,11 @@ def finish(cfg, s: Setup, history: list[dict]) -> dict:
             from peft.utils import get_peft_model_state_dict
 
             lora_dir = s.out_dir / "lora"
+            # the adapter config (alpha, targets) goes into the file's metadata: without it a loader assumes
+            # alpha = rank and an adapter trained with another alpha reloads at the wrong scale
             StableDiffusionPipeline.save_lora_weights(
                 lora_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(model)),
-                safe_serialization=True)
+                unet_lora_adapter_metadata=model.peft_config["default"].to_dict(), safe_serialization=True)
             summary["lora"] = str(lora_dir)
         else:  # a complete pipeline with the tuned UNet: `generate --model RUN/<out>/pipeline`
             s.pipe.unet = model

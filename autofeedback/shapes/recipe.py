@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="share of training captions made wrong in one of --noisy-fields (web-like labels)")
     ap.add_argument("--noisy-fields", default="count", help="comma-separated: count, shape, color, background")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the EMA pipeline every N UNet steps")
+    ap.add_argument("--vae-from", type=Path, default=None,
+                    help="reuse this pipeline's VAE (and latent scaling) instead of training one, e.g. "
+                         "data/models/shapes-tiny: the renders are the same with or without caption noise")
     args = ap.parse_args(argv)
     fields = tuple(f.strip() for f in args.noisy_fields.split(",") if f.strip())
     if not 0.0 <= args.caption_noise <= 1.0:
@@ -302,14 +305,20 @@ def main(argv: list[str] | None = None) -> None:
     images, prompts, wrong = render_dataset(args.per_prompt, args.seed, args.caption_noise, fields)
     log(f"rendered {len(images)} images of {len(set(prompts))} train prompts; {wrong} captions wrong "
         f"({wrong / len(images):.1%}, in {', '.join(fields)})")
-    # 3. VAE, then cache latents with a scaling factor that gives them unit variance.
-    train_vae(vae, images, args.vae_steps, args.batch, args.seed, log)
+    # 3. VAE (trained, or reused), then cache latents with a scaling factor that gives them unit variance.
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae")
+        log(f"vae from {args.vae_from}")
+    else:
+        train_vae(vae, images, args.vae_steps, args.batch, args.seed, log)
     with torch.no_grad():
         x = _to_tensor(images)
         lat = torch.cat([vae.encode(x[i:i + 512]).latent_dist.mode() for i in range(0, len(x), 512)])
         rec = torch.cat([vae.decode(lat[i:i + 512]).sample for i in range(0, 512, 512)])
         psnr = 10 * math.log10(4.0 / torch.nn.functional.mse_loss(rec, x[:512]).item())
-    scaling = float(1.0 / lat.std())
+    scaling = float(vae.config.scaling_factor) if args.vae_from else float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scaling)
     log(f"vae reconstruction PSNR {psnr:.1f} dB; latent scaling factor {scaling:.4f}")
     # 4. UNet + text encoder, v-prediction with classifier-free-guidance dropout.

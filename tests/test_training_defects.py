@@ -1,0 +1,67 @@
+"""Issue #18's defects in the diffusion trainers, each pinned by a test that failed before its fix."""
+
+import numpy as np
+import pytest
+import torch
+
+from autofeedback import tables, train_dpo, training
+from autofeedback.config import TrainDPOConfig
+from autofeedback.shapes.demo import make_rendered_run
+
+from .test_train_dpo import _prefs
+
+
+@pytest.fixture
+def pref_run(tmp_path):
+    return _prefs(make_rendered_run(tmp_path / "run", n_prompts=3, per_prompt=2))
+
+
+def _cfg(run_dir, model, **kw):
+    base = dict(run_dir=run_dir, model=str(model), steps=2, batch_size=2, device="cpu", lr=1e-2,
+                checkpoint_every=0, log_every=1)
+    return TrainDPOConfig(**{**base, **kw})
+
+
+def test_training_latents_are_the_posterior_mode_as_in_pretraining(pref_run, tiny_model):
+    # (a) the shapes model was pre-trained on the VAE posterior's mode; fine-tuning on a posterior sample
+    # trained it on latents with extra noise of 0.3x the latent std
+    s = training.setup(_cfg(pref_run, tiny_model), need_reference=False)
+    png = tables.read(pref_run / "images.parquet", "images", columns=["image"]).column("image")[0].as_py()["bytes"]
+    z1, z2 = s.encode([png]), s.encode([png])
+    vae = s.pipe.vae
+    x = training.to_tensor(png, (vae.config.sample_size, vae.config.sample_size))[None]
+    with torch.no_grad():
+        mode = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+    assert torch.equal(z1, z2)  # deterministic
+    assert torch.allclose(z1, mode, atol=1e-6)
+    s_sample = training.setup(_cfg(pref_run, tiny_model, vae_latents="sample"), need_reference=False)
+    assert not torch.allclose(s_sample.encode([png]), mode, atol=1e-3)  # the option still gives diffusers' way
+
+
+def test_lora_with_alpha_other_than_rank_reloads_at_its_trained_scale(pref_run, tiny_model):
+    # (c) the saved LoRA carried no alpha, so load_lora_weights assumed alpha = rank: an adapter trained with
+    # rank 4, alpha 16 reloaded at a quarter of its effect
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    s = train_dpo.run(_cfg(pref_run, tiny_model, lora_rank=4, lora_alpha=16))
+    torch.manual_seed(0)
+    z, t, emb = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 32, 64)
+
+    loaded = StableDiffusionPipeline.from_pretrained(tiny_model)
+    loaded.load_lora_weights(s["lora"])
+    # the adapter as trained: the same weights in a LoRA layer with alpha 16
+    expected = StableDiffusionPipeline.from_pretrained(tiny_model).unet
+    expected.add_adapter(LoraConfig(r=4, lora_alpha=16, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    weights = {k.replace("unet.", "", 1).replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v
+               for k, v in load_file(f"{s['lora']}/pytorch_lora_weights.safetensors").items()}
+    result = set_peft_model_state_dict(expected, weights)
+    assert not result.unexpected_keys
+    base = StableDiffusionPipeline.from_pretrained(tiny_model).unet
+    with torch.no_grad():
+        out_loaded = loaded.unet(z, t, encoder_hidden_states=emb).sample
+        out_expected = expected(z, t, encoder_hidden_states=emb).sample
+        out_base = base(z, t, encoder_hidden_states=emb).sample
+    assert not torch.allclose(out_expected, out_base, atol=1e-5)  # the adapter does something
+    np.testing.assert_allclose(out_loaded.numpy(), out_expected.numpy(), atol=1e-5)
