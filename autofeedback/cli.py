@@ -16,6 +16,7 @@ import typer
 
 from .config import GenerateConfig, JudgeConfig, TrainDPOConfig, TrainRWRConfig, build
 from .errors import InputError
+from .redact import redact
 
 app = typer.Typer(
     name="autofeedback",
@@ -45,7 +46,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except InputError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {redact(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted; completed work is saved, re-run to resume", err=True)
@@ -138,8 +139,8 @@ def judge(
 def serve_checker(
     port: int = typer.Option(8000, help="port on 127.0.0.1"),
     latency: float = typer.Option(0.0, help="seconds added to every answer"),
-    fault_rate: list[str] = typer.Option([], help="FAULT=P: answer with this fault with probability P "
-                                                  "(429, 500, hang, reset, bad_body, malformed, refusal, truncated)"),
+    fault_rate: list[str] = typer.Option([], help="FAULT=P: answer with this fault with probability P (401, 429, "
+                                                  "500, hang, reset, bad_body, malformed, refusal, truncated)"),
     position_bias: float = typer.Option(0.0, help="probability that a pairwise answer is 'A' whatever the images"),
 ):
     """A local OpenAI-protocol server whose 'VLM' is the shapes checker (demos and tests; loopback only)."""
@@ -148,9 +149,14 @@ def serve_checker(
     rates = {}
     for item in fault_rate:
         name, _, p = item.partition("=")
-        if name not in FAULTS or not p:
-            raise InputError(f"--fault-rate {item!r}: expected FAULT=P with FAULT one of {', '.join(FAULTS)}")
-        rates[name] = float(p)
+        try:
+            rate = float(p)
+        except ValueError:
+            rate = None
+        if name not in FAULTS or rate is None or not 0 <= rate <= 1:
+            raise InputError(f"--fault-rate {item!r}: expected FAULT=P with P a probability (0 to 1) and FAULT one "
+                             f"of {', '.join(FAULTS)}")
+        rates[name] = rate
     serve(port=port, latency=latency, rates=rates, position_bias=position_bias)
 
 
@@ -445,6 +451,7 @@ def label(
     annotator: Optional[str] = typer.Option(None, help=_help(LabelConfig, "annotator")),
     host: str = typer.Option("127.0.0.1", help=_help(LabelConfig, "host")),
     port: int = typer.Option(8765, help=_help(LabelConfig, "port")),
+    image_root: Optional[Path] = typer.Option(None, help=_help(LabelConfig, "image_root")),
     order: str = typer.Option("random", help=_help(LabelConfig, "order")),
     seed: int = typer.Option(0, help=_help(LabelConfig, "seed")),
     max_pairs_per_prompt: Optional[int] = typer.Option(None, help=_help(LabelConfig, "max_pairs_per_prompt")),
@@ -454,8 +461,8 @@ def label(
 ):
     """Serve a local page to label the run's images by hand (keyboard shortcuts) -> RUN/human_labels.parquet."""
     cfg = build(LabelConfig, "label", run_dir=run_dir, mode=mode, annotator=annotator, host=host, port=port,
-                order=order, seed=seed, max_pairs_per_prompt=max_pairs_per_prompt, token=token,
-                export_label_studio=export_label_studio, import_label_studio=import_label_studio)
+                image_root=image_root, order=order, seed=seed, max_pairs_per_prompt=max_pairs_per_prompt,
+                token=token, export_label_studio=export_label_studio, import_label_studio=import_label_studio)
     from . import label_server as stage
 
     if export_label_studio is not None and import_label_studio is not None:

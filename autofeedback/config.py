@@ -357,6 +357,8 @@ class LabelConfig(StageConfig):
     annotator: str | None = Field(None, description="annotator name (default: typed into the page)")
     host: str = Field("127.0.0.1", description="address to listen on (127.0.0.1: this machine only)")
     port: int = Field(8765, ge=0, le=65535, description="port to listen on (0 = any free port)")
+    image_root: Path | None = Field(None, description="also serve images stored as paths under this folder (by "
+                                                      "default only paths inside the run directory are served)")
     order: Literal["random", "disagreements", "stratified"] = Field(
         "random", description="item order: random (seeded), disagreements (items the judges disagree on first), "
                               "stratified (round-robin over prompt categories)")

@@ -159,7 +159,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
                  "config": json.loads(cfg.model_dump_json())},
     }
     report_dir = run_dir / "report"
-    with tables.run_lock(run_dir, wait=cfg.wait):
+    with tables.run_lock(run_dir, wait=cfg.wait, hint="wait for it to finish, or pass --wait"):
         merged = write_metrics(report_dir / "metrics.json", metrics)
         grid_path = None
         if ba is not None:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import re
 import shutil
 import time
 import uuid
@@ -42,8 +40,8 @@ import pyarrow.compute as pc
 from . import tables
 from .config import ExportConfig
 from .errors import InputError
+from .redact import SECRET_NAME, env_secrets, redact
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
                    (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
                    (1e12, "100B<n<1T")]
@@ -360,19 +358,9 @@ def _mask(obj):
     return obj
 
 
-def _secrets() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if SECRET_NAME.search(k) and v and len(v) >= 6}
-
-
-def redact(text: str) -> str:
-    for name, value in _secrets().items():
-        text = text.replace(value, f"${name}")
-    return text
-
-
 def check_no_secrets(folder: Path) -> None:
     """Refuse a folder in which any file holds the value of a secret-named environment variable."""
-    secrets = {k: v.encode() for k, v in _secrets().items()}
+    secrets = {k: v.encode() for k, v in env_secrets().items()}
     for path in folder.rglob("*"):
         if path.is_file():
             blob = path.read_bytes()

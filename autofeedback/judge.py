@@ -130,6 +130,7 @@ def run(cfg: JudgeConfig) -> dict:
         units = build_units(cfg, images, meta, backend)
         done = _final_ids(out_path)
         todo = [u for u in units if u["request_id"] not in done]
+        n_done = len(units) - len(todo)
         if cfg.limit is not None:
             todo = todo[:cfg.limit]
         # 3. Judge; rows are written in shards as they arrive.
@@ -141,15 +142,19 @@ def run(cfg: JudgeConfig) -> dict:
             for u in missing:
                 writer.emit(u, {"status": "error", "error": "no VQA questions for this prompt (metadata has none)"})
             todo = [u for u in todo if u.get("questions")]
-        if todo:
-            backend.judge(todo, writer.emit)
-        writer.flush()
+        try:
+            if todo:
+                backend.judge(todo, writer.emit)
+        finally:
+            writer.flush()  # what arrived is written, even when Ctrl-C stopped the backend
         # requests waiting in a submitted Batch API job have no row until a later run collects them
         unanswered = {u["request_id"] for u in todo} - writer.seen - getattr(backend, "waiting", set())
         if unanswered:  # a backend must answer every request; never drop one silently
             raise RuntimeError(f"judge {cfg.judge} returned no row for {len(unanswered)} requests")
         tables.compact(out_path, "judgments")
-        summary = _summary(cfg, units, len(todo) + len(missing), writer, backend, time.perf_counter() - t0)
+        counts = {"requests": len(todo) + len(missing), "already_done": n_done,
+                  "left": len(units) - n_done - len(todo) - len(missing)}
+        summary = _summary(cfg, counts, writer, backend, time.perf_counter() - t0)
     return summary
 
 
@@ -215,12 +220,13 @@ def combine_orders(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def _summary(cfg, units, n_todo, writer: _Writer, backend, seconds: float) -> dict:
+def _summary(cfg, counts: dict, writer: _Writer, backend, seconds: float) -> dict:
+    """counts: requests (asked this run), already_done (final before this run), left (not asked: --limit)."""
     rows = writer.rows
     statuses = Counter(r["status"] for r in rows)
     lat = [r["latency_s"] for r in rows if r["latency_s"] is not None and r["status"] != "budget"]
     summary = {
-        "judge": cfg.judge, "mode": cfg.mode, "requests": n_todo, "already_done": len(units) - n_todo,
+        "judge": cfg.judge, "mode": cfg.mode, **counts,
         "status": dict(statuses), "seconds": round(seconds, 2),
         "latency_s": {"p50": round(statistics.median(lat), 4), "p95": round(_pct(lat, 0.95), 4)} if lat else None,
         "input_tokens": sum(r["input_tokens"] or 0 for r in rows),
@@ -251,8 +257,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def format_summary(s: dict, cfg: JudgeConfig | None = None) -> str:
-    lines = [f"judge {s['judge']} ({s['mode']}): {s['requests']} requests this run, {s['already_done']} already done, "
-             f"{s['seconds']} s"]
+    left = f", {s['left']} left" if s.get("left") else ""
+    lines = [f"judge {s['judge']} ({s['mode']}): {s['requests']} requests this run, {s['already_done']} already done"
+             f"{left}, {s['seconds']} s"]
     if s["status"]:
         lines.append("  status: " + ", ".join(f"{k}={v}" for k, v in sorted(s["status"].items())))
     if s.get("latency_s"):

@@ -32,6 +32,10 @@ API:     GET  /                        the page
          GET  /img/IMAGE_ID
          POST bodies are JSON and carry the per-server token (shown in the page; --token sets it), so another web
          page can't post labels. A bad request gets a 4xx JSON {"error": "..."} and writes nothing.
+Safety:  images are served from their bytes, or from a path only inside the run directory (or --image-root):
+         anything else is a 404 and a one-line warning. A request whose Host is not this server (an IP address,
+         localhost, this machine's name or the bound address) is refused (DNS rebinding), and so is a POST from
+         another origin. A connection silent for READ_TIMEOUT_S is closed; a client that goes away is no error.
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ import contextlib
 import datetime as _dt
 import hashlib
 import html
+import ipaddress
 import itertools
 import json
 import re
 import secrets
+import socket
+import sys
 import threading
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +66,7 @@ from .labels import NO, YES
 
 ANNOTATOR_RE = re.compile(r"^[\w.@+ -]{1,64}$")
 MAX_BODY = 64 * 1024
+READ_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed (slow clients can't pile up)
 GOOD = YES | {"g"}  # the page's keys (G/B) on top of the shared label vocabulary
 BAD = NO | {"b"}
 
@@ -156,6 +164,8 @@ class Store:
             if r["created_at"] is not None and r["created_at"] > self._last_time:
                 self._last_time = r["created_at"]
         self._png_cache: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._image_roots = [self.run_dir.resolve()] + ([Path(cfg.image_root).resolve()] if cfg.image_root else [])
+        self._refused: set[str] = set()  # images whose path was refused (warned once each)
 
     # ------------------------------------------------------------------------------------ order
     def _order(self) -> list[str]:
@@ -353,9 +363,7 @@ class Store:
         img = t.column("image")[t.num_rows - 1].as_py() or {}
         data = img.get("bytes")
         if data is None and img.get("path"):
-            p = Path(img["path"])
-            p = p if p.is_absolute() else self.run_dir / p
-            data = p.read_bytes() if p.exists() else None
+            data = self._image_file(image_id, img["path"])
         if data is None:
             return None
         ctype = ("image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg" if data[:2] == b"\xff\xd8"
@@ -365,6 +373,26 @@ class Store:
             while len(self._png_cache) > 512:
                 self._png_cache.popitem(last=False)
         return data, ctype
+
+    def _image_file(self, image_id: str, path: str) -> bytes | None:
+        """An image stored as a path: read only when it resolves (links followed) inside the run directory or
+        --image-root, so the images table can't make the page serve any other file of this machine."""
+        try:
+            p = Path(path)
+            p = (p if p.is_absolute() else self.run_dir / p).resolve()
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a loop of links...
+            return None
+        if not any(p.is_relative_to(root) for root in self._image_roots):
+            if image_id not in self._refused:
+                self._refused.add(image_id)
+                print(f"warning: not serving image {image_id}: its path {path!r} is outside "
+                      f"{' and '.join(map(str, self._image_roots))} (--image-root DIR serves a folder)",
+                      file=sys.stderr, flush=True)
+            return None
+        try:
+            return p.read_bytes() if p.is_file() else None
+        except OSError:  # unreadable (permissions...): not found, as far as the page is concerned
+            return None
 
 
 @contextlib.contextmanager
@@ -390,9 +418,28 @@ class _Handler(BaseHTTPRequestHandler):
     store: Store
     token: str
     default_annotator: str
+    allowed_hosts: frozenset[str]  # host names (besides IP addresses) a request's Host may name
 
     def log_message(self, *args) -> None:  # quiet
         pass
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError):  # the client went away or stalled: nobody to answer
+            self.close_connection = True
+
+    def _check_host(self, post: bool = False) -> None:
+        """DNS rebinding: a page of another domain that resolves here sends its own name as Host. And a POST
+        from a page of another origin (with the token or not) is refused."""
+        host = self.headers.get("Host") or ""
+        name = urlsplit("//" + host).hostname or ""
+        if not (_is_ip(name) or name in self.allowed_hosts):
+            raise BadRequest(403, f"Host {host!r} is not this server; open it by its address, e.g. "
+                                  f"http://127.0.0.1:{self.server.server_address[1]}/")
+        origin = self.headers.get("Origin")
+        if post and origin is not None and origin.lower() != f"http://{host}".lower():
+            raise BadRequest(403, f"a POST from another origin ({origin}) is refused")
 
     def _send(self, status: int, payload, ctype: str = "application/json", cache: bool = False) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload, default=str).encode()
@@ -421,6 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         try:
+            self._check_host()
             url = urlsplit(self.path)
             q = {k: v[-1] for k, v in parse_qs(url.query).items()}
             if url.path in ("/", "/index.html"):
@@ -443,6 +491,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         try:
+            self._check_host(post=True)
             url = urlsplit(self.path)
             if url.path not in ("/api/label", "/api/skip", "/api/undo"):
                 raise BadRequest(404, f"unknown endpoint POST {url.path}")
@@ -458,6 +507,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, self.store.label(a, key, body))
         except BadRequest as exc:
             return self._error(exc.status, str(exc))
+        except (ConnectionError, TimeoutError):  # the client, not the disk: handle_one_request closes quietly
+            raise
         except (OSError, InputError) as exc:  # the write failed (disk full...): nothing was recorded
             return self._error(500, f"could not save: {exc}")
 
@@ -492,6 +543,8 @@ class LabelServer:
             store = self.store
             token = self.token
             default_annotator = cfg.annotator or ""
+            allowed_hosts = frozenset({"localhost", cfg.host.lower(), socket.gethostname().lower()})
+            timeout = READ_TIMEOUT_S
 
         try:
             self.httpd = _Server((cfg.host, cfg.port), Handler)
@@ -520,6 +573,14 @@ class LabelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def run(cfg: LabelConfig, echo=print) -> dict:

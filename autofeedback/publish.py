@@ -15,6 +15,7 @@ import os
 from . import export
 from .config import ExportConfig, PublishConfig
 from .errors import InputError
+from .redact import redact
 
 
 def run(cfg: PublishConfig) -> dict:
@@ -30,6 +31,7 @@ def run(cfg: PublishConfig) -> dict:
     if cfg.dry_run:
         return summary
     # 3. Create the repository (or find it) and upload the folder as one commit.
+    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -48,7 +50,10 @@ def run(cfg: PublishConfig) -> dict:
         hint = {401: f"not authenticated: set ${cfg.token_env} or run `hf auth login`",
                 403: f"the token may not write to {cfg.repo_id}"}.get(status, "")
         raise InputError(f"upload to {cfg.repo_id} failed (HTTP {status}){': ' + hint if hint else ''}: "
-                         f"{export.redact(str(exc).splitlines()[0])[:300]}") from None
+                         f"{redact(str(exc).splitlines()[0])[:300]}") from None
+    except httpx2.TransportError as exc:  # no network, DNS, refused, timed out: nothing was uploaded
+        raise InputError(f"could not reach the Hub at {api.endpoint} ({type(exc).__name__}: "
+                         f"{redact(str(exc))[:200]}); check the network or --endpoint, or use --dry-run") from None
     summary["url"] = str(repo)
     summary["commit"] = getattr(commit, "oid", None)
     return summary

@@ -8,7 +8,9 @@ A run directory holds one table per stage. A table is a folder of Parquet shards
 Writes never modify a shard: each append writes a new shard to a temporary name and renames it into
 place, so a killed process leaves either the whole shard or nothing. Reads keep one row per key, the
 newest by created_at: a crash between writing a compacted shard and deleting the old ones leaves
-duplicates that nobody sees, and a retried request's row supersedes its api_error row. A single-file Parquet table is read the same way, so users' own files work too.
+duplicates that nobody sees, and a retried request's row supersedes its api_error row. A stage that
+supersedes rows compacts the table when it finishes (`compact`), so a plain `pd.read_parquet` sees each
+key once too. A single-file Parquet table is read the same way, so users' own files work too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import InputError
@@ -297,16 +300,26 @@ def append(path: str | Path, rows: Iterable[Mapping] | pa.Table, table_name: str
 
 
 def compact(path: str | Path, table_name: str, min_shards: int = 8) -> None:
-    """Merge many small shards into one (new shard first, then delete the old ones)."""
+    """Merge the shards into one, newest row per key (new shard first, then delete the old ones): when there
+    are min_shards or more, or when a row is superseded (a retried request), so that readers that don't dedupe
+    (`pd.read_parquet`) see each key once after every stage."""
     path = Path(path)
     shards = _shards(path)
-    if len(shards) < min_shards or not path.is_dir():
+    if len(shards) < 2 or not path.is_dir():
+        return
+    if len(shards) < min_shards and not _has_superseded(shards, table_name):
         return
     table = read(path, table_name)
     new = append(path, table, table_name, tag="compact")
     for shard in shards:
         if shard != new:
             shard.unlink(missing_ok=True)
+
+
+def _has_superseded(shards: list[Path], table_name: str) -> bool:
+    key = KEYS[table_name]
+    keys = pa.chunked_array([pq.read_table(s, columns=[key]).column(key).cast(pa.string()) for s in shards])
+    return pc.count_distinct(keys).as_py() < len(keys)
 
 
 def clean_temp(path: str | Path) -> int:
@@ -326,11 +339,12 @@ class RunLocked(InputError):
 
 
 @contextmanager
-def run_lock(run_dir: str | Path, wait: bool = False):
+def run_lock(run_dir: str | Path, wait: bool = False, hint: str = "run this again when it has finished"):
     """Hold an exclusive lock on a run directory while a stage writes to it.
 
     An OS lock (flock): the kernel releases it when its holder dies, so a lock left by a killed
-    process is never stale. A second writer waits (wait=True) or fails with who holds it.
+    process is never stale. A second writer waits (wait=True) or fails with who holds it and `hint`
+    (a command with a --wait flag says so).
     """
     import fcntl
 
@@ -344,8 +358,7 @@ def run_lock(run_dir: str | Path, wait: bool = False):
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise RunLocked(f"{run_dir} is being written by {holder}; wait for it to finish "
-                            f"(or pass --wait)") from None
+            raise RunLocked(f"{run_dir} is being written by {holder}; {hint}") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now():%Y-%m-%d %H:%M:%S} UTC")

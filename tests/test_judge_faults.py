@@ -56,14 +56,6 @@ def test_persistent_429_gives_api_error_rows_then_a_rerun_finishes(shapes_run, s
     assert len(rows) == N and all(r["status"] == "ok" for r in rows)  # the ok row supersedes the error
 
 
-def test_a_body_that_is_not_json_is_an_api_error(shapes_run, server):
-    server.inject("bad_body", times=1)
-    s = _judge(shapes_run, server, concurrency=1)
-    assert s["status"] == {"ok": N - 1, "api_error": 1}
-    bad = [r for r in _rows(shapes_run) if r["status"] == "api_error"]
-    assert bad[0]["error"] and bad[0]["label"] is None
-
-
 def test_one_malformed_answer_is_reasked_once(shapes_run, server):
     server.inject("malformed", times=1)
     s = _judge(shapes_run, server, concurrency=1)

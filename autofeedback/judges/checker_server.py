@@ -8,6 +8,7 @@ end to end. Loopback only (127.0.0.1).
 
 Faults, for tests and demos (`inject(name, times)` queues them for the next chat requests, or
 `fault_rate(name, p)` makes them random):
+    401         Unauthorized, the message repeating the Authorization header (as some servers do)
     429         Too Many Requests with Retry-After
     500         internal server error
     hang        no answer until past the client's timeout, then the connection closes
@@ -47,7 +48,7 @@ from PIL import Image
 from ..shapes import checker
 from ..shapes.world import NUMBER_WORDS, Scene, parse_prompt
 
-FAULTS = ("429", "500", "hang", "reset", "bad_body", "malformed", "refusal", "truncated")
+FAULTS = ("401", "429", "500", "hang", "reset", "bad_body", "malformed", "refusal", "truncated")
 PROMPT_TAG = re.compile(r"<prompt>(.*?)</prompt>", re.S)
 QUESTION_LINE = re.compile(r"^\s*(\d+)[.)]\s*(.+?)\s*$", re.M)
 
@@ -252,6 +253,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = st.next_fault()
         if st.latency:
             time.sleep(st.latency)
+        if fault == "401":
+            return self._error(401, f"Incorrect API key provided: {self.headers.get('Authorization')}")
         if fault == "429":
             return self._error(429, "Rate limit reached (injected)", "rate_limit_error",
                                {"Retry-After": f"{st.retry_after:g}"})

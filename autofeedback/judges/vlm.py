@@ -11,10 +11,16 @@ Reliability, in one place:
   with the raw text. Refusals and truncated replies are recorded as such. Never a default answer.
 - Write-ahead cache (SQLite in the run directory): every reply is stored the moment it arrives,
   keyed by request_id, before anything else happens. A re-run, or a run resumed after kill -9,
-  never pays for the same request twice. API errors are not cached, so they are retried next run.
+  never pays for the same request twice. What was paid for is cached as it came: a 200 whose body is
+  not JSON is a parse_error row decided from the cached body, never asked again. API errors (no answer)
+  are not cached, so they are retried next run.
 - A concurrency bound, client-side requests/min and tokens/min limits, and a cost budget
-  (--max-cost) that stops sending cleanly: unsent requests become status=budget rows, retried by a
-  later run with a larger budget.
+  (--max-cost) that stops sending cleanly: a request in flight reserves its worst-case cost until it
+  answers, unsent requests become status=budget rows, retried by a later run with a larger budget.
+- Ctrl-C drains: no new request starts, the ones in flight are waited for (at most --timeout) and
+  cached, then the run stops; a second Ctrl-C abandons them.
+- An image that does not decode is an error row naming it; the other requests go on.
+- The API key (and anything shaped like a credential) is redacted from every error, cached reply and row.
 - --batch: the OpenAI Batch API. Submit (the batch id is persisted in RUN/batches/), and the next
   invocation polls and collects. Requests waiting in a batch are never submitted again.
 """
@@ -23,11 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import math
 import os
+import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,6 +44,7 @@ from typing import Callable
 import yaml
 
 from ..errors import InputError
+from ..redact import redact, redact_all
 from . import parsing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,6 +112,7 @@ def data_url(png: bytes, max_side: int | None = None, fmt: str = "png", quality:
     from PIL import Image
 
     img = Image.open(io.BytesIO(png))
+    img.load()  # decode now: a broken image fails here, not at the server
     src_format = (img.format or "PNG").upper()
     w, h = img.size
     if (max_side and max(w, h) > max_side) or fmt.upper() not in (src_format, "JPG" if src_format == "JPEG" else ""):
@@ -140,20 +151,36 @@ class ResponseCache:
     """request_id -> the raw replies (JSON), in SQLite (WAL): survives a killed process once put() returns."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS replies (request_id TEXT PRIMARY KEY, reply TEXT NOT NULL, "
-                        "created_at REAL NOT NULL)")
+        with self._readable():
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS replies (request_id TEXT PRIMARY KEY, reply TEXT NOT NULL, "
+                            "created_at REAL NOT NULL)")
 
     def get_many(self, ids: list[str]) -> dict[str, dict]:
         out = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = f"SELECT request_id, reply FROM replies WHERE request_id IN ({','.join('?' * len(chunk))})"
-            out.update({rid: json.loads(reply) for rid, reply in self.db.execute(q, chunk)})
+        with self._readable():
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                q = f"SELECT request_id, reply FROM replies WHERE request_id IN ({','.join('?' * len(chunk))})"
+                out.update({rid: json.loads(reply) for rid, reply in self.db.execute(q, chunk)})
         return out
+
+    @contextlib.contextmanager
+    def _readable(self):
+        """A cache file that is not a database (overwritten, truncated) is a one-line error saying what to do."""
+        try:
+            yield
+        except sqlite3.OperationalError:  # locked, no permission...: not corruption, the message says what
+            raise
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise InputError(f"{self.path}: the judge's reply cache is damaged ({exc}); move it aside "
+                             f"(mv {self.path} {self.path}.damaged) and run again: the judgments table keeps every "
+                             f"answer already written, nothing else is lost") from None
 
     def put(self, request_id: str, reply: dict) -> None:
         self.db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?)", (request_id, json.dumps(reply), time.time()))
@@ -200,27 +227,42 @@ class RateLimiter:
 
 
 class Budget:
-    """--max-cost: reserve a request's worst-case cost before sending; settle with the real cost."""
+    """--max-cost: a request in flight reserves its worst-case cost; its reply settles it with the real cost.
+
+    Only requests in flight hold reservations, so the budget is spent to within one request's worst case: a
+    request that does not fit waits for those in flight to settle, and is refused only when it would not fit
+    with none in flight. From then on every request is refused (the run stops sending cleanly).
+    """
 
     def __init__(self, limit: float | None) -> None:
         self.limit = limit
         self.spent = 0.0
         self.reserved = 0.0
+        self.in_flight = 0
         self.exhausted = False
+        self.settled = asyncio.Event()
 
-    def reserve(self, amount: float) -> bool:
+    async def reserve(self, amount: float) -> bool:
         if self.limit is None:
             return True
-        if self.exhausted or self.spent + self.reserved + amount > self.limit:
-            self.exhausted = True
+        while not self.exhausted and self.spent + self.reserved + amount > self.limit:
+            if self.in_flight == 0:
+                self.exhausted = True
+                break
+            self.settled.clear()
+            await self.settled.wait()
+        if self.exhausted:
             return False
         self.reserved += amount
+        self.in_flight += 1
         return True
 
     def settle(self, reserved: float, actual: float) -> None:
+        self.spent += actual
         if self.limit is not None:
             self.reserved -= reserved
-        self.spent += actual
+            self.in_flight -= 1
+            self.settled.set()
 
 
 # ---------------------------------------------------------------------------------------- judge
@@ -273,8 +315,8 @@ class OpenAIJudge:
             todo = [u for u in units if u["request_id"] not in cached]
             if self.cfg.batch:
                 self._batch(todo, cache, emit)
-            elif todo:
-                asyncio.run(self._run_all(todo, cache, emit))
+            elif todo and asyncio.run(self._run_all(todo, cache, emit)):
+                raise KeyboardInterrupt  # Ctrl-C, after the requests in flight were drained
         finally:
             cache.close()
 
@@ -289,7 +331,8 @@ class OpenAIJudge:
         return openai.AsyncOpenAI(api_key=self._key, base_url=self.base_url, max_retries=self.cfg.max_retries,
                                   timeout=self.cfg.timeout, http_client=http)
 
-    async def _run_all(self, units: list[dict], cache: ResponseCache, emit) -> None:
+    async def _run_all(self, units: list[dict], cache: ResponseCache, emit) -> bool:
+        """Ask every unit; returns True when Ctrl-C stopped the run (after draining the requests in flight)."""
         client = self._client()
         sem = asyncio.Semaphore(self.cfg.concurrency)
         limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm)
@@ -297,34 +340,55 @@ class OpenAIJudge:
         structured = {"on": True, "off": False}.get(self.cfg.structured, True)
         self.stats["structured"] = structured
         state = {"structured": structured}
+        sending: set[asyncio.Task] = set()  # requests on the wire: paid for once answered, so drained on Ctrl-C
 
         async def one(unit: dict) -> None:
-            messages, est_in = self._messages(unit)
-            reserve = self._cost(est_in, self.cfg.max_tokens) or 0.0
-            if not budget.reserve(reserve):
-                emit(unit, self._status_row(unit, "budget", f"--max-cost {self.cfg.max_cost} reached; not sent"))
-                return
-            actual = 0.0
+            # 1. The request; an image that does not decode is an error row, and the run goes on.
             try:
-                async with sem:
-                    if budget.limit is not None and budget.exhausted and budget.spent >= budget.limit:
-                        emit(unit, self._status_row(unit, "budget", "budget exhausted before sending"))
-                        return
+                messages, est_in = self._messages(unit)
+            except _BadImage as exc:
+                emit(unit, self._status_row(unit, "error", str(exc)))
+                return
+            reserve = self._cost(est_in, self.cfg.max_tokens) or 0.0
+            async with sem:
+                # 2. Room in the budget (requests in flight release theirs as they answer), then the rate limits.
+                if not await budget.reserve(reserve):
+                    emit(unit, self._status_row(unit, "budget", f"--max-cost {self.cfg.max_cost} reached; not sent"))
+                    return
+                actual = 0.0
+                try:
                     await limiter.acquire(est_in + self.cfg.max_tokens)
-                    reply = await self._ask(client, unit, messages, state)
-                cache.put(unit["request_id"], reply)  # write-ahead: durable before anything else
-                actual = sum(a.get("cost_usd") or 0.0 for a in reply["attempts"])
-                emit(unit, self._row(unit, reply))
-            except _APIFailure as exc:
-                emit(unit, self._status_row(unit, "api_error", str(exc), latency=exc.latency))
-            finally:
-                budget.settle(reserve, actual)
-                self.stats["spent_usd"] = round(budget.spent, 6)
+                    # 3. Send; the reply is cached (write-ahead) before anything else happens.
+                    sending.add(asyncio.current_task())
+                    reply = self._cache_put(cache, unit["request_id"], await self._ask(client, unit, messages, state))
+                    actual = sum(a.get("cost_usd") or 0.0 for a in reply["attempts"])
+                    emit(unit, self._row(unit, reply))
+                except _APIFailure as exc:
+                    emit(unit, self._status_row(unit, "api_error", str(exc), latency=exc.latency))
+                finally:
+                    sending.discard(asyncio.current_task())
+                    budget.settle(reserve, actual)
+                    self.stats["spent_usd"] = round(budget.spent, 6)
 
+        tasks = [asyncio.ensure_future(one(u)) for u in units]
         try:
-            await asyncio.gather(*(one(u) for u in units))
+            with _DrainOnInterrupt(tasks, sending, self.cfg.timeout) as drain:
+                await asyncio.wait(tasks)
         finally:
             await client.close()
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        return drain.interrupted
+
+    def _cache_put(self, cache: ResponseCache, request_id: str, reply: dict) -> dict:
+        """Store a reply with every secret redacted; returns the stored (redacted) reply."""
+        reply = redact_all(reply, [self._key])
+        cache.put(request_id, reply)
+        return reply
+
+    def _redact(self, text: str | None) -> str | None:
+        return redact(text, [self._key])
 
     async def _ask(self, client, unit: dict, messages: list[dict], state: dict) -> dict:
         """First attempt + at most one re-ask when the reply doesn't parse (tenacity)."""
@@ -346,8 +410,9 @@ class OpenAIJudge:
                         ]
                     att = await self._send(client, msgs, state)
                     attempts.append(att)
-                    if att["finish_reason"] == "length" or att["refusal"] or parsing.looks_like_refusal(att["content"]):
-                        break  # truncated / refused: asking again would pay for the same outcome
+                    if (att.get("unreadable") or att["finish_reason"] == "length" or att["refusal"]
+                            or parsing.looks_like_refusal(att["content"])):
+                        break  # unreadable / truncated / refused: asking again would pay for the same outcome
                     try:
                         self._parse(unit, att["content"])
                     except parsing.ParseError as exc:
@@ -366,8 +431,8 @@ class OpenAIJudge:
             kwargs["response_format"] = parsing.response_format(self.task)
         t0 = time.perf_counter()
         self.stats["sent"] += 1
-        try:
-            resp = await client.chat.completions.create(**kwargs)
+        try:  # the raw reply: what was paid for is kept even when its body is not a completion
+            resp = await client.chat.completions.with_raw_response.create(**kwargs)
         except openai.BadRequestError as exc:
             if state["structured"] and self.cfg.structured == "auto" and _mentions_response_format(exc):
                 state["structured"] = False  # the server doesn't do structured output: plain text from now on
@@ -376,18 +441,8 @@ class OpenAIJudge:
             raise _APIFailure(_describe_api_error(exc), time.perf_counter() - t0) from None
         except openai.APIError as exc:
             raise _APIFailure(_describe_api_error(exc), time.perf_counter() - t0) from None
-        except (ValueError, json.JSONDecodeError) as exc:  # a body that isn't JSON
-            raise _APIFailure(f"unreadable response: {exc}", time.perf_counter() - t0) from None
-        latency = time.perf_counter() - t0
-        if not getattr(resp, "choices", None):
-            raise _APIFailure("response has no choices", latency)
-        choice = resp.choices[0]
-        usage = resp.usage
-        tin = usage.prompt_tokens if usage else None
-        tout = usage.completion_tokens if usage else None
-        return {"content": choice.message.content, "refusal": getattr(choice.message, "refusal", None),
-                "finish_reason": choice.finish_reason, "input_tokens": tin, "output_tokens": tout,
-                "cost_usd": self._cost(tin, tout), "latency_s": round(latency, 4), "response_id": resp.id}
+        return {**_attempt_from_body(resp.text, self, status=resp.status_code),
+                "latency_s": round(time.perf_counter() - t0, 4)}
 
     # -------------------------------------------------------------- batch API path
     def _batch(self, units: list[dict], cache: ResponseCache, emit) -> None:
@@ -408,7 +463,8 @@ class OpenAIJudge:
             try:
                 batch = client.batches.retrieve(st["batch_id"])
             except openai.APIError as exc:
-                raise InputError(f"could not poll batch {st['batch_id']}: {_describe_api_error(exc)}") from None
+                raise InputError(f"could not poll batch {st['batch_id']}: "
+                                 f"{self._redact(_describe_api_error(exc))}") from None
             report["batches"].append({"id": batch.id, "status": batch.status})
             if batch.status == "completed" and batch.output_file_id:
                 text = client.files.content(batch.output_file_id).text
@@ -420,9 +476,8 @@ class OpenAIJudge:
                     body = (item.get("response") or {}).get("body")
                     if body and (item.get("response") or {}).get("status_code") == 200:
                         att = _attempt_from_body(body, self, batch=True)
-                        reply = {"attempts": [att], "model": self.model, "template": self.template.name,
-                                 "batch_id": batch.id}
-                        cache.put(rid, reply)
+                        reply = self._cache_put(cache, rid, {"attempts": [att], "model": self.model,
+                                                             "template": self.template.name, "batch_id": batch.id})
                         if rid in by_id:
                             emit(by_id[rid], self._row(by_id[rid], reply))
                             report["collected"] += 1
@@ -437,29 +492,34 @@ class OpenAIJudge:
         collected = set(cache.get_many(list(by_id)))
         todo = [u for u in units if u["request_id"] not in pending_ids and u["request_id"] not in collected]
         report["pending"] = len([u for u in units if u["request_id"] in pending_ids])
-        if todo:
+        requests = {}  # request_id -> messages, for the units whose images decode
+        for u in todo:
+            try:
+                requests[u["request_id"]] = self._messages(u)[0]
+            except _BadImage as exc:
+                emit(u, self._status_row(u, "error", str(exc)))
+        if requests:
             lines = []
-            for u in todo:
-                messages, _ = self._messages(u)
+            for rid, messages in requests.items():
                 body = {"model": self.model, "messages": messages, "temperature": self.cfg.temperature,
                         "max_tokens": self.cfg.max_tokens}
                 if self.cfg.structured != "off":
                     body["response_format"] = parsing.response_format(self.task)
-                lines.append(json.dumps({"custom_id": u["request_id"], "method": "POST",
-                                         "url": "/v1/chat/completions", "body": body}))
+                lines.append(json.dumps({"custom_id": rid, "method": "POST", "url": "/v1/chat/completions",
+                                         "body": body}))
             data = ("\n".join(lines) + "\n").encode()
             try:
                 f = client.files.create(file=("autofeedback-batch.jsonl", data), purpose="batch")
                 batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                               completion_window="24h")
             except openai.APIError as exc:
-                raise InputError(f"could not submit the batch: {_describe_api_error(exc)}") from None
+                raise InputError(f"could not submit the batch: {self._redact(_describe_api_error(exc))}") from None
             _write_json(state_dir / f"{batch.id}.json", {
                 "batch_id": batch.id, "input_file_id": f.id, "state": "submitted", "submitted_at": time.time(),
-                "request_ids": [u["request_id"] for u in todo], "model": self.model, "template": self.template.name})
-            report["submitted"] = len(todo)
+                "request_ids": list(requests), "model": self.model, "template": self.template.name})
+            report["submitted"] = len(requests)
             report["batches"].append({"id": batch.id, "status": batch.status})
-        self.waiting = pending_ids | {u["request_id"] for u in todo}
+        self.waiting = pending_ids | set(requests)
         self.stats["batch"] = report
 
     # -------------------------------------------------------------- messages, rows
@@ -467,8 +527,11 @@ class OpenAIJudge:
         text = self.template.render(unit)
         content: list[dict] = [{"type": "text", "text": text}]
         tokens = len(text) // 4 + 8
-        for img in unit["images"]:
-            url, w, h = data_url(img, self.cfg.image_max_side, self.cfg.image_format, self.cfg.jpeg_quality)
+        for image_id, img in zip(unit["image_ids"], unit["images"]):
+            try:
+                url, w, h = data_url(img, self.cfg.image_max_side, self.cfg.image_format, self.cfg.jpeg_quality)
+            except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError...) for bad bytes
+                raise _BadImage(f"image {image_id} does not decode ({type(exc).__name__}: {exc}); not sent") from None
             part = {"type": "image_url", "image_url": {"url": url}}
             if self.cfg.detail:
                 part["image_url"]["detail"] = self.cfg.detail
@@ -492,7 +555,7 @@ class OpenAIJudge:
                              n_questions=len(unit.get("questions") or []) or None)
 
     def _status_row(self, unit: dict, status: str, error: str, latency: float | None = None) -> dict:
-        return {"status": status, "error": error, "latency_s": latency, "template": self.template.name}
+        return {"status": status, "error": self._redact(error), "latency_s": latency, "template": self.template.name}
 
     def _row(self, unit: dict, reply: dict) -> dict:
         """A judgments row from the (cached) raw replies: parsing is re-run here, offline."""
@@ -500,8 +563,8 @@ class OpenAIJudge:
         last = attempts[-1] if attempts else {}
         row = {
             "template": self.template.name,
-            "raw_response": json.dumps([a.get("content") if a.get("content") is not None else a.get("refusal")
-                                        for a in attempts]),
+            "raw_response": json.dumps([next((a[k] for k in ("content", "refusal", "body") if a.get(k) is not None),
+                                             None) for a in attempts]),
             "input_tokens": _sum(a.get("input_tokens") for a in attempts),
             "output_tokens": _sum(a.get("output_tokens") for a in attempts),
             "cost_usd": _sum(a.get("cost_usd") for a in attempts),
@@ -511,6 +574,8 @@ class OpenAIJudge:
         }
         if not attempts:
             return {**row, "status": "api_error", "error": "no reply"}
+        if last.get("unreadable"):
+            return {**row, "status": "parse_error", "error": last["unreadable"]}
         if last.get("refusal") or parsing.looks_like_refusal(last.get("content")):
             return {**row, "status": "refused", "error": last.get("refusal") or "refusal"}
         if last.get("finish_reason") == "length":
@@ -558,14 +623,70 @@ class _APIFailure(Exception):
         self.latency = latency
 
 
-def _attempt_from_body(body: dict, judge: OpenAIJudge, batch: bool = False) -> dict:
-    choice = (body.get("choices") or [{}])[0]
-    msg = choice.get("message") or {}
-    usage = body.get("usage") or {}
+class _BadImage(Exception):
+    """An image of a request does not decode: an error row naming it, nothing sent."""
+
+
+MAX_BODY_KEPT = 4000  # characters of an unreadable reply kept in the cache and the row
+
+
+def _attempt_from_body(body: str | dict, judge: OpenAIJudge, batch: bool = False, status: int = 200) -> dict:
+    """A reply body (text or parsed JSON) -> an attempt. A body that is not a completion is kept as it came,
+    with `unreadable` saying why: the row is decided from it, offline, on every later run."""
+    text = body if isinstance(body, str) else None
+    try:
+        body = json.loads(body) if isinstance(body, str) else body
+        choice = body["choices"][0]
+        msg = choice.get("message") or {}
+        usage = body.get("usage") or {}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        why = f"is not JSON ({exc})" if isinstance(exc, ValueError) else "is not a chat completion (no choices)"
+        return {"content": None, "refusal": None, "finish_reason": None, "input_tokens": None, "output_tokens": None,
+                "cost_usd": None, "latency_s": None, "response_id": None,
+                "body": (text if text is not None else json.dumps(body))[:MAX_BODY_KEPT],
+                "unreadable": f"the server's reply (HTTP {status}) {why}"}
     tin, tout = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return {"content": msg.get("content"), "refusal": msg.get("refusal"), "finish_reason": choice.get("finish_reason"),
             "input_tokens": tin, "output_tokens": tout, "cost_usd": judge._cost(tin, tout, batch=batch),
             "latency_s": None, "response_id": body.get("id")}
+
+
+class _DrainOnInterrupt:
+    """Ctrl-C while requests are in flight: start no new one, wait (at most `timeout` s) for those on the wire,
+    so that their answers, paid for, are cached; a second Ctrl-C abandons them. `interrupted` says if it came."""
+
+    def __init__(self, tasks: list[asyncio.Task], sending: set[asyncio.Task], timeout: float) -> None:
+        self.tasks, self.sending, self.timeout = tasks, sending, timeout
+        self.loop = asyncio.get_running_loop()
+        self.interrupted = False
+        self.installed = False
+
+    def __enter__(self) -> "_DrainOnInterrupt":
+        try:
+            self.loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+            self.installed = True
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            self.loop.remove_signal_handler(signal.SIGINT)
+
+    def _on_sigint(self) -> None:
+        if self.interrupted:  # the second Ctrl-C
+            self._cancel(self.tasks)
+            return
+        self.interrupted = True
+        self._cancel([t for t in self.tasks if t not in self.sending])
+        print(f"interrupted: waiting for {len(self.sending)} requests in flight (at most {self.timeout:g} s) so "
+              f"that their answers are kept; Ctrl-C again to abandon them", file=sys.stderr, flush=True)
+        self.loop.call_later(self.timeout, self._cancel, self.tasks)
+
+    @staticmethod
+    def _cancel(tasks) -> None:
+        for task in tasks:
+            task.cancel()
 
 
 def _describe_api_error(exc) -> str:
