@@ -240,7 +240,12 @@ def read_ratings(path, mapping=None, nrows: int | None = None, role: str = "huma
             df = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv", ".txt"):
             df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", nrows=nrows)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
+        elif suffix == ".json":  # a JSON array of records (e.g. GenAI-Bench's pairwise.json), else JSON lines
+            try:
+                df = pd.read_json(path)
+            except ValueError:
+                df = pd.read_json(path, lines=True, nrows=nrows)
+        elif suffix in (".jsonl", ".ndjson"):
             try:
                 df = pd.read_json(path, lines=True, nrows=nrows)
             except ValueError:

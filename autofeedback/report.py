@@ -328,8 +328,9 @@ def _figure(w: float, h: float):
 
 def plot_agreement(ag: dict) -> str | None:
     """Forest plot: each judge, the ceiling and the baselines, one panel per metric, with 95% CIs."""
-    cols = _columns(ag)[:3]
-    rows = agreement_rows(ag)
+    loo = bool((ag["human"] or {}).get("ceiling")) and bool(_loo_columns(ag))
+    cols = (_loo_columns(ag) if loo else _columns(ag))[:3]
+    rows = agreement_rows(ag, "loo") if loo else agreement_rows(ag)
     if not rows:
         return None
     fig = _figure(3.6 * len(cols) + 1.5, 0.42 * len(rows) + 1.2)
@@ -353,7 +354,8 @@ def plot_agreement(ag: dict) -> str | None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(ypos)
     axes[0].set_yticklabels([r[0] for r in rows], fontsize=8)
-    fig.suptitle("Agreement with human labels (95% bootstrap CI)", fontsize=11)
+    fig.suptitle("Agreement with human labels (95% bootstrap CI)" + (
+        "; judges and ceiling on the same leave-one-rater-out target" if loo else ""), fontsize=11)
     return _png(fig)
 
 
@@ -531,17 +533,37 @@ def _agreement_html(ag: dict) -> str:
     cols += extra
     out = ['<section id="agreement"><h2>Agreement with human labels</h2>',
            f'<p>{_e(h["source"])}: <b>{h["n_items"]}</b> items, <b>{h["n_raters"]}</b> raters, '
-           f'{h["ratings_per_item"]:g} ratings per item ({_e(h["kind"])} ratings). Reference: the mean of the raters '
-           f'per item (the majority for accuracy, κ and nominal α). Pairwise accuracy counts '
+           f'{h["ratings_per_item"]:g} ratings per item ({_e(h["kind"])} ratings). Reference of this table: the mean '
+           f'of all raters per item (the majority for accuracy, κ and nominal α). Pairwise accuracy counts '
            f'{_e(ag["pairwise_unit"])}, '
-           f'tie policy <code>{_e(ag["tie_policy"])}</code>. 95% CIs: percentile bootstrap over items, '
-           f'{ag["bootstrap"]["n"]} resamples.</p>']
-    out.append('<table class="sortable"><thead><tr><th>judge</th><th>items</th>'
-               + "".join(f"<th>{_e(METRIC_NAMES[c])}</th>" for c in cols) + "</tr></thead><tbody>")
-    for label, kind, m, n in agreement_rows(ag):
-        out.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
-                   f'{"" if n is None else n}</td>' + "".join(_cell(m.get(c)) for c in cols) + "</tr>")
-    out.append("</tbody></table>")
+           f'tie policy <code>{_e(ag["tie_policy"])}</code>. {_e(_boot_line(ag))}.</p>']
+    out.append(_html_table(agreement_rows(ag), cols, "judge"))
+    for name, j in ag["judges"].items():
+        if j.get("scale"):
+            out.append(f'<p class="muted">scale: <code>{_e(name)}</code>: {_e(j["scale"])}</p>')
+    if h.get("answers4"):
+        out.append('<p class="muted">Human answers: ' + _e(", ".join(f"{k} {v}" for k, v in h["answers4"].items()))
+                   + ". 4-way accuracy: exact match of A / B / tie / both bad (a judge's [[A=B]] matches tie and both "
+                     f"bad); failed judge answers: <code>{_e(ag.get('failed_policy'))}</code>.</p>")
+    lcols = _loo_columns(ag)
+    if h.get("ceiling") and lcols:
+        out.append("<h3>Judges and the human ceiling on the same target</h3><p>Each judge and each rater against the "
+                   "mean of the <i>other</i> raters (leave one rater out), averaged over the left-out raters: the "
+                   "ceiling's target, so the two can be compared.</p>")
+        out.append(_html_table(agreement_rows(ag, "loo"), lcols, "judge"))
+        per = h["ceiling"].get("per_rater") or {}
+        if per:
+            out.append("<p>Ceiling per left-out rater (a deviant rater shows here):</p>")
+            out.append(_html_table([(r, "ceiling", v["metrics"], v["n_items"]) for r, v in per.items()], lcols,
+                                   "rater"))
+    pp = [c for c in ("spearman_per_prompt", "kendall_tau_b_per_prompt", "kendall_tau_c_per_prompt")
+          if any(c in j.get("metrics", {}) for j in ag["judges"].values())]
+    if pp:
+        out.append("<h3>Within prompts</h3><p>Mean over prompts of the within-prompt statistic (CI over prompts; "
+                   "prompts where the judge or the humans are constant are left out; n = prompts used).</p>")
+        rows = [(name, "judge", j.get("metrics", {}), (j["metrics"].get(pp[0]) or {}).get("n"))
+                for name, j in _sorted_judges(ag)]
+        out.append(_html_table(rows, pp, "judge"))
     for title, fn in (("agreement plot", plot_agreement), ("per-category plot", plot_categories)):
         b64 = fn(ag)
         if b64:
@@ -563,14 +585,24 @@ def _agreement_html(ag: dict) -> str:
             out.append(_img(b64, "alpha plot"))
     ceiling = h.get("ceiling")
     if ceiling:
-        out.append(f'<p class="muted">Ceiling: {_e(ceiling["method"])} ({ceiling["n_raters"]} raters). A judge '
-                   "compared with the mean of all raters has a slightly easier target than one rater with the mean "
-                   "of the others.</p>")
+        out.append(f'<p class="muted">Ceiling: {_e(ceiling["method"])} ({ceiling["n_raters"]} raters). Compare it '
+                   "with the judges' leave-one-rater-out rows above (the same target), not with the first table "
+                   "(the mean of all raters is an easier target).</p>")
     else:
         out.append('<p class="muted">One rating per item: no human–human ceiling.</p>')
     for w in ag.get("warnings", []):
         out.append(f'<p class="warn">warning: {_e(w)}</p>')
     out.append("</section>")
+    return "".join(out)
+
+
+def _html_table(rows, cols, first: str) -> str:
+    out = [f'<table class="sortable"><thead><tr><th>{_e(first)}</th><th>items</th>'
+           + "".join(f"<th>{_e(METRIC_NAMES[c])}</th>" for c in cols) + "</tr></thead><tbody>"]
+    for label, kind, m, n in rows:
+        out.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
+                   f'{"" if n is None else n}</td>' + "".join(_cell(m.get(c)) for c in cols) + "</tr>")
+    out.append("</tbody></table>")
     return "".join(out)
 
 
@@ -599,22 +631,34 @@ def plot_reliability(cal: dict, max_curves: int = 8) -> str | None:
 def _ensembles_html(ens: dict | None, cal: dict | None, ag: dict | None) -> str:
     out = ['<section id="ensembles"><h2>Judge ensembles and calibration</h2>']
     if ens and ag:
-        cols = ["spearman", "kendall_tau_b", "pairwise_accuracy"]
-        out.append(f'<p>{len(ens["members"])} member judges; <code>zmean</code>, <code>rankmean</code> and '
+        def table(rows):
+            t = ['<table class="sortable"><thead><tr><th>judge / ensemble</th><th>items</th>'
+                 + "".join(f"<th>{_e(_ens_header(c))}</th>" for c in ENS_COLS) + "</tr></thead><tbody>"]
+            for label, kind, r, n in rows:
+                t.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
+                         f'{"" if n is None else n}</td>' + "".join(_cell(_ens_cell(r, c)) for c in ENS_COLS) + "</tr>")
+            t.append("</tbody></table>")
+            return "".join(t)
+
+        nested = ens.get("nested")
+        if nested:
+            out.append(f"<h3>Honest: nested selection (out-of-sample)</h3><p>{_e(nested['protocol'])}. LOO columns: "
+                       "against the mean of the other raters, the human ceiling's target. Selected in (share of "
+                       "training folds): " + _e(", ".join(f"{k} {100 * (v or 0):.0f}%" for k, v in
+                                                        nested["selection_frequency"].items())) + ".</p>")
+            out.append(table(ensemble_rows(ens, ag, "nested")))
+        out.append(f'<h3>In-sample: all {len(ens["members"])} members given</h3><p><b>Picking a row of this table, '
+                   f'or a step of the greedy path below, after seeing it is tuning on these items.</b> '
+                   f'<code>zmean</code>, <code>rankmean</code> and '
                    f'<code>vote</code> use no human labels; <code>learned</code> (ridge on z-scores, fitted to the '
                    f'human mean) and <code>logistic</code> (P(aligned)) are cross-fitted over {ens["folds"]} folds '
-                   f'grouped by <code>{_e(ens["fold_unit"])}</code>: every number is on out-of-fold predictions. '
+                   f'grouped by <code>{_e(ens["fold_unit"])}</code>: their weights are out-of-fold. '
                    f'Missing scores: {_e(ens["missing"])}.</p>')
-        out.append('<table class="sortable"><thead><tr><th>judge / ensemble</th><th>items</th>'
-                   + "".join(f"<th>{_e(METRIC_NAMES[c])}</th>" for c in cols) + "</tr></thead><tbody>")
-        for label, kind, m, n in ensemble_rows(ens, ag):
-            out.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
-                       f'{"" if n is None else n}</td>' + "".join(_cell(m.get(c)) for c in cols) + "</tr>")
-        out.append("</tbody></table>")
+        out.append(table(ensemble_rows(ens, ag)))
         sel = ens.get("selection")
         if sel and sel["steps"]:
             budget = "no budget" if sel["budget_usd"] is None else f"budget ${sel['budget_usd']:g}"
-            out.append(f"<h3>Greedy judge selection ({_e(budget)})</h3><p>Each step adds the judge with the largest "
+            out.append(f"<h3>Greedy judge selection, in-sample ({_e(budget)})</h3><p>Each step adds the judge with the largest "
                        "gain in the z-mean's Spearman ρ per dollar (free judges first). Costs: "
                        + ", ".join(f"<code>{_e(j)}</code> ${c:g} ({_e(sel['cost_source'][j])})"
                                    for j, c in sel["costs_usd"].items()) + f". {_e(sel['note'])}.</p>")

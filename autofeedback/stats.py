@@ -474,11 +474,12 @@ def pairwise_accuracy(x, y, groups=None, tie_policy: str = "half") -> float:
 
 
 def w_choice_accuracy(x, y, w=None, tie_policy: str = "half") -> np.ndarray:
-    """Pairwise choices coded +1 (first), -1 (second), 0 (tie): the judge x vs the reference y."""
+    """Pairwise choices coded +1 (first), -1 (second), 0 (tie): the judge x vs the reference y. A judge value
+    beyond +-1 (2: a failed answer counted wrong, autofeedback.protocol) is an answer that is never right."""
     if tie_policy not in TIE_POLICIES:
         raise ValueError(f"tie_policy must be one of {TIE_POLICIES}, got {tie_policy!r}")
     (x, y), w = _valid(x, y, w=w)
-    sx, sy = np.sign(x), np.sign(y)
+    sx, sy = np.where(np.abs(x) > 1, 2.0, np.sign(x)), np.sign(y)
     right = (sx == sy) & (sy != 0)
     ref_untied = sy != 0
     judge_tied = (sx == 0) & ref_untied
