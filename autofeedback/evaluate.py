@@ -408,7 +408,8 @@ def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = Fa
         mode = modes.iat[i]
         ids = id_lists[i]
         c = None if choice is None else choice.iat[i]
-        empty[i] = _is_null(c) and (score is None or _is_null(score.iat[i])) and (label is None or _is_null(label.iat[i]))
+        empty[i] = _is_null(c) and (score is None or _is_null(score.iat[i])) and (
+            label is None or _is_null(label.iat[i]))
         is_pair = mode == "pairwise" or (ids is not None and len(ids) == 2 and not _is_null(c)) or (
             not _is_null(c) and (score is None or _is_null(score.iat[i])) and (label is None or _is_null(label.iat[i])))
         fc, fs, sh, c4 = None, 1.0, None, float("nan")

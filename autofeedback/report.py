@@ -124,7 +124,8 @@ def agreement_terminal(ag: dict) -> list[str]:
     skipped = [name for name, j in ag["judges"].items() if j.get("scale_status") == "skipped"]
     if skipped:
         hv = h.get("values")
-        hs = "yes/no" if h["kind"] == "label" else (f"{len(hv)} values {min(hv):g}–{max(hv):g}" if hv else "continuous")
+        hs = "yes/no" if h["kind"] == "label" else (
+            f"{len(hv)} values {min(hv):g}–{max(hv):g}" if hv else "continuous")
         lines.append(f"scales: accuracy, κ and α skipped for {len(skipped)} judge(s) not on the human scale ({hs}): "
                      + ", ".join(skipped[:8]) + (", ..." if len(skipped) > 8 else "")
                      + "; --judge-threshold T|auto|NAME=T compares aligned (judge >= T) vs not, --judge-scale "
@@ -658,7 +659,8 @@ def _ensembles_html(ens: dict | None, cal: dict | None, ag: dict | None) -> str:
         sel = ens.get("selection")
         if sel and sel["steps"]:
             budget = "no budget" if sel["budget_usd"] is None else f"budget ${sel['budget_usd']:g}"
-            out.append(f"<h3>Greedy judge selection, in-sample ({_e(budget)})</h3><p>Each step adds the judge with the largest "
+            out.append(f"<h3>Greedy judge selection, in-sample ({_e(budget)})</h3><p>Each step adds the judge with "
+                       "the largest "
                        "gain in the z-mean's Spearman ρ per dollar (free judges first). Costs: "
                        + ", ".join(f"<code>{_e(j)}</code> ${c:g} ({_e(sel['cost_source'][j])})"
                                    for j, c in sel["costs_usd"].items()) + f". {_e(sel['note'])}.</p>")

@@ -82,7 +82,8 @@ def test_two_raters_loo_is_judge_vs_each_rater(tmp_path):
     x = [0.1, 0.3, 0.2, 0.9, 0.8, 0.5, 0.1]
     human = [{"item_id": f"i{k}", "rater": r, "score": float(v[k])} for r, v in (("a", a), ("b", b)) for k in range(7)]
     m = _eval(tmp_path / "run", human=_write(tmp_path, "h.jsonl", human), min_rater_items=2,
-              judgments=[_write(tmp_path, "j.jsonl", [{"item_id": f"i{k}", "judge": "j", "score": x[k]} for k in range(7)])])
+              judgments=[_write(tmp_path, "j.jsonl",
+                                [{"item_id": f"i{k}", "judge": "j", "score": x[k]} for k in range(7)])])
     ag = m["agreement"]
     expected = (spearmanr(x, a).statistic + spearmanr(x, b).statistic) / 2
     assert ag["judges"]["j"]["metrics_loo"]["spearman"]["value"] == pytest.approx(expected, abs=1e-6)
