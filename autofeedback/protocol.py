@@ -172,7 +172,7 @@ def loo_raws(x, xkind, targets: LooTargets, ref_values, ctx, compare, mask=None,
         xm = np.where(e["mask"], x, np.nan)
         x4m = None if x4 is None else np.where(e["mask"], x4, np.nan)
         out.append(compare(xm, xkind, e["mean"], e["majority"], ref_values, ctx, mask=mask, x4=x4m, ref4=e["ref4"],
-                           per_prompt=False))
+                           per_prompt=mask is None))
     return out
 
 

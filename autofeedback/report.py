@@ -51,7 +51,7 @@ def _columns(agreement: dict) -> list[str]:
 
 
 def _loo_columns(agreement: dict) -> list[str]:
-    cols = [c for c in _columns(agreement) if c != "kendall_tau_c"]
+    cols = [c for c in _columns(agreement) if c != "kendall_tau_c"] + ["spearman_per_prompt"]
     ceiling = ((agreement["human"] or {}).get("ceiling") or {}).get("metrics") or {}
     return [c for c in cols if c in ceiling]
 
@@ -158,12 +158,9 @@ def agreement_terminal(ag: dict) -> list[str]:
         n_prompts = h.get("n_prompts")
         lines += ["", f"within prompts: the mean over prompts of the within-prompt statistic vs the mean of all "
                       f"raters (CI over the {n_prompts} prompts; a prompt where the judge or the humans are constant "
-                      f"is left out, `n` = prompts used):"]
+                      f"is left out, n = prompts used; the ceiling's value is in the same-target table above):"]
         rows = [(name, "judge", j.get("metrics", {}), (j["metrics"].get(pp[0]) or {}).get("n"))
                 for name, j in _sorted_judges(ag)]
-        if ceiling and ceiling["metrics"].get(pp[0]):
-            rows.append((f"human ceiling ({ceiling['n_raters']} raters, LOO)", "ceiling", ceiling["metrics"],
-                         ceiling["metrics"][pp[0]]["n"]))
         lines += _table(rows, pp)
     lines += _category_lines(ag)
     if h.get("alpha"):
