@@ -32,7 +32,12 @@ predicted probability on [0, 1] (the last bin closed); Brier = mean (p - aligned
 
 Selection (`greedy_select`): start from no judge; repeatedly add the judge that buys the most gain in
 the z-mean's agreement per dollar (free judges first, by gain), while the total cost stays within the
-budget and the gain is positive.
+budget and the gain is positive. On all items that is in-sample (tuning on the test items).
+
+Nested selection (`nested_predictions`, issue #22): the same selection and the learned weights made inside each
+training fold only, over several fold seeds; each held-out fold is predicted by a model that never saw its
+labels. `mixed_raw` turns the per-seed out-of-fold predictions into one estimate whose CI holds the
+seed-to-seed spread (resample b uses seed b mod R).
 """
 
 from __future__ import annotations

@@ -22,18 +22,24 @@ metrics.json, key reference (every metric is {"value", "ci95": [lo, hi], "n"}; n
     human          {source, kind (score|label|choice), n_items, n_raters, n_ratings, ratings_per_item,
                     values (distinct rating values, <= 20), categories,
                     alpha {nominal, ordinal, interval}          Krippendorff's alpha among the human raters
-                    ceiling {method, n_raters, metrics, per_category}   each rater vs the mean (majority for
-                    accuracy/kappa) of the other raters, averaged over raters (leave-one-rater-out)}
+                    ceiling {method, n_raters, metrics, per_rater, per_category}   each rater vs the mean
+                    (majority for accuracy/kappa) of the other raters, averaged over raters (leave-one-rater-out),
+                    answers4 (pairwise sets: A / B / tie / both_bad counts), n_prompts}
     reference      how the human reference is built: mean of raters (correlations, pairwise, interval /
                    ordinal alpha), majority (accuracy, kappa, nominal alpha)
     primary_metric spearman (ratings) or pairwise_accuracy (pairwise choices)
     tie_policy     half | wrong | drop | match (autofeedback.stats)
     pairwise_unit  which pairs pairwise_accuracy counts
-    bootstrap      {n, seed, level, unit}
-    judges         {name: {source, kind, n_items, n_unmatched, metrics, per_category {cat: {n_items, metrics}}}}
-                   metrics: spearman, kendall_tau_b, pairwise_accuracy (+ pairs counts), and when judge and
-                   humans use the same discrete scale: accuracy, cohen_kappa, alpha_nominal, alpha_ordinal,
-                   alpha_interval (judge vs the human reference as two raters)
+    bootstrap      {n, seed, level, unit (prompt_id: whole prompts resampled | item), n_units, method, note}
+    failed_policy  pairwise sets: a judge's failed answers count wrong | tie | drop (autofeedback.protocol)
+    judges         {name: {source, kind, n_items, n_unmatched, metrics, metrics_loo, per_category
+                    {cat: {n_items, metrics}}, scale, scale_status, n_failed, confusion4}}
+                   metrics: spearman, kendall_tau_b, kendall_tau_c, pairwise_accuracy (+ pairs counts),
+                   *_per_prompt (mean over prompts of the within-prompt statistic), accuracy_4way (pairwise
+                   sets), and when judge and humans use the same discrete scale (or --judge-threshold /
+                   --judge-scale make them): accuracy, cohen_kappa, alpha_nominal, alpha_ordinal, alpha_interval
+                   (judge vs the human reference as two raters). metrics_loo: the same vs each left-out
+                   rater's mean of the other raters, averaged over raters (the ceiling's target)
     baselines      random {metrics}, constant {value, metrics} (pointwise sets: always the most common
                    human value) or always_first {metrics} (pairwise sets), clip_score {judge, metrics}
                    (a judge whose name contains "clip", when present)
@@ -45,8 +51,9 @@ metrics.json, key reference (every metric is {"value", "ci95": [lo, hi], "n"}; n
   before_after   null unless RUN has pointwise judgments of >= 2 models on the same prompts; see
                  `before_after()`
   ensembles      null unless --ensemble: judge ensembles (zmean, rankmean, vote; learned and logistic
-                 cross-fitted, out-of-fold) next to the member judges and the ceiling, and a greedy
-                 cost-budgeted judge selection (autofeedback/ensemble.py; docs/eval.md)
+                 cross-fitted, out-of-fold) next to the member judges and the ceiling, a greedy
+                 cost-budgeted judge selection (in-sample), and `nested`: members and weights chosen inside
+                 each training fold (the honest numbers) (autofeedback/ensemble.py; docs/eval.md)
   calibration    null unless --ensemble / --calibration: cross-fitted P(aligned) per judge, ECE, Brier,
                  reliability bins
   eval           {created_at, run_dir, inputs, config}

@@ -19,6 +19,14 @@ Statistics (x = judge or rater, y = reference; NaN = missing, dropped pairwise):
     choice_accuracy                 the same tie policies for pairwise choices coded +1 / -1 / 0 (tie)
     krippendorff_alpha              several raters, missing values allowed; nominal / ordinal /
                                     interval / ratio metric (Krippendorff 2011, coincidence matrix)
+    kendall_tau_c, w_kendall_taus   Stuart's tau-c (scipy variant="c"), and tau-b / tau-c sharing one pass
+    group_stats, w_group_mean       per-group (per-prompt) Spearman / tau-b / tau-c and pair counts; the mean
+                                    over groups, for groups resampled whole
+    w_grouped_pairwise_accuracy     pairwise accuracy within groups when groups are resampled whole
+    w_choice4_accuracy              four-way pairwise answers (A, B, tie, both bad) as arena benchmarks count them
+
+Cluster bootstrap: Resampler(..., clusters=codes) draws whole clusters (e.g. prompts); an item's weight is
+its cluster's draw count (unit_weights() gives the cluster counts themselves).
 
 Tie policies (TIE_POLICIES), for pairs the reference orders (y_i != y_j) and the judge ties:
     half   counts 1/2 (the judge's expected score if it broke ties at random); pairs the reference
