@@ -186,7 +186,12 @@ def eval_(
     run_judgments: bool = typer.Option(True, help=_help(EvalConfig, "run_judgments")),
     map_: list[str] = typer.Option([], "--map", help=_help(EvalConfig, "column_map")),
     tie_policy: str = typer.Option("half", help=_help(EvalConfig, "tie_policy")),
+    failed: str = typer.Option("wrong", help=_help(EvalConfig, "failed")),
+    labels_: list[str] = typer.Option([], "--labels", help=_help(EvalConfig, "labels")),
+    judge_threshold: list[str] = typer.Option([], "--judge-threshold", help=_help(EvalConfig, "judge_threshold")),
+    judge_scale: list[str] = typer.Option([], "--judge-scale", help=_help(EvalConfig, "judge_scale")),
     bootstrap: int = typer.Option(2000, help=_help(EvalConfig, "bootstrap")),
+    bootstrap_unit: str = typer.Option("auto", help=_help(EvalConfig, "bootstrap_unit")),
     seed: int = typer.Option(0, help=_help(EvalConfig, "seed")),
     judge: Optional[str] = typer.Option(None, "--judge", "-j", help=_help(EvalConfig, "judge")),
     models: Optional[str] = typer.Option(None, help="comma-separated; " + _help(EvalConfig, "models")),
@@ -200,6 +205,7 @@ def eval_(
     ensemble_judge: list[str] = typer.Option([], "--ensemble-judge", help=_help(EvalConfig, "ensemble_judges")
                                              + " (repeatable)"),
     folds: int = typer.Option(5, help=_help(EvalConfig, "folds")),
+    fold_repeats: int = typer.Option(5, help=_help(EvalConfig, "fold_repeats")),
     ridge: float = typer.Option(1.0, help=_help(EvalConfig, "ridge")),
     calibration: Optional[str] = typer.Option(None, help=_help(EvalConfig, "calibration")),
     aligned_threshold: Optional[float] = typer.Option(None, help=_help(EvalConfig, "aligned_threshold")),
@@ -226,14 +232,14 @@ def eval_(
             raise InputError(f"--judge-cost {item!r}: expected NAME=USD, e.g. gpt-4o=1.25") from None
         if not eq or not name.strip():
             raise InputError(f"--judge-cost {item!r}: expected NAME=USD, e.g. gpt-4o=1.25")
-    column_map = {}
     for item in map_:
         target, eq, source = item.partition("=")
         if not eq or not target.strip() or not source.strip():
             raise InputError(f"--map {item!r}: expected TARGET=SOURCE, e.g. item_id=image")
-        column_map[target.strip()] = source.strip()
     cfg = build(EvalConfig, "eval", run_dir=run_dir, human=human, judgments=judgments, run_judgments=run_judgments,
-                column_map=column_map, tie_policy=tie_policy, bootstrap=bootstrap, seed=seed, judge=judge,
+                column_map=list(map_), labels=list(labels_), failed=failed, bootstrap_unit=bootstrap_unit,
+                judge_threshold=list(judge_threshold), judge_scale=list(judge_scale), fold_repeats=fold_repeats,
+                tie_policy=tie_policy, bootstrap=bootstrap, seed=seed, judge=judge,
                 models=[m.strip() for m in models.split(",") if m.strip()] if models else None, split=split,
                 min_rater_items=min_rater_items, html=html, grid=grid, wait=wait, ensemble=methods,
                 ensemble_judges=ensemble_judge or None, folds=folds, ridge=ridge, calibration=calibration,

@@ -223,8 +223,25 @@ class EvalConfig(StageConfig):
     judgments: list[Path] = Field(default_factory=list, description="extra judge/metric/reward-model ratings in "
                                                                     "the same long format (repeatable)")
     run_judgments: bool = Field(True, description="also evaluate the run's own RUN/judgments.parquet")
-    column_map: dict[str, str] = Field(default_factory=dict, description="use a column under another name, "
-                                       "TARGET=SOURCE, e.g. item_id=image or score=rating (repeatable)")
+    column_map: dict[str, str] | list[str] = Field(
+        default_factory=dict, description="use a column under another name, TARGET=SOURCE, e.g. item_id=image or "
+                                          "score=rating; TARGET='text' a constant (mode=pairwise works unquoted); "
+                                          "TARGET=A+B joins columns; human:/judgments: prefix = one side (repeatable)")
+    labels: dict[str, float] | list[str] = Field(
+        default_factory=dict, description="label words to numbers, e.g. yes=1,partly=0.5,no=0 (more than two "
+                                          "levels make the labels a score)")
+    failed: Literal["wrong", "tie", "drop"] = Field(
+        "wrong", description="pairwise judges: an item the judge was asked but gave no usable answer counts as "
+                             "wrong (as arena benchmarks do), as a tie, or is left out (drop)")
+    bootstrap_unit: Literal["auto", "prompt", "item"] = Field(
+        "auto", description="what the bootstrap resamples: prompts (clusters) when every item has a prompt_id "
+                            "(auto), or items")
+    judge_threshold: dict[str, float | str] | list[str] = Field(
+        default_factory=dict, description="judge on another scale than the humans: judge >= T counts as aligned, "
+                                          "for accuracy, kappa and nominal alpha (T, auto, or NAME=T; repeatable)")
+    judge_scale: dict[str, list[float]] | list[str] = Field(
+        default_factory=dict, description="rescale a judge's LO:HI range linearly onto the human rating values "
+                                          "(nearest value), e.g. 0:10 or NAME=0:10 (repeatable)")
     tie_policy: Literal["half", "wrong", "drop", "match"] = Field(
         "half", description="pairwise accuracy when the judge ties a pair the humans order: half (counts 1/2), "
                             "wrong (0), drop (leave out); match: ties count and are right only if humans tie too")
@@ -248,6 +265,8 @@ class EvalConfig(StageConfig):
                                                                 "e.g. 'tifa_*' (default: every pointwise judge)")
     folds: int = Field(5, ge=2, description="cross-fitting folds for learned ensembles and calibration (grouped by "
                                             "prompt_id when every item has one)")
+    fold_repeats: int = Field(5, ge=1, description="nested ensemble selection: fold splits (seeds) it is repeated "
+                                                   "over; their spread is inside the CI")
     ridge: float = Field(1.0, ge=0, description="L2 penalty of the learned and logistic combinations")
     calibration: Literal["isotonic", "platt"] | None = Field(
         None, description="map each judge's scores to P(humans call it aligned), cross-fitted, and report ECE "

@@ -32,7 +32,12 @@ predicted probability on [0, 1] (the last bin closed); Brier = mean (p - aligned
 
 Selection (`greedy_select`): start from no judge; repeatedly add the judge that buys the most gain in
 the z-mean's agreement per dollar (free judges first, by gain), while the total cost stays within the
-budget and the gain is positive.
+budget and the gain is positive. On all items that is in-sample (tuning on the test items).
+
+Nested selection (`nested_predictions`, issue #22): the same selection and the learned weights made inside each
+training fold only, over several fold seeds; each held-out fold is predicted by a model that never saw its
+labels. `mixed_raw` turns the per-seed out-of-fold predictions into one estimate whose CI holds the
+seed-to-seed spread (resample b uses seed b mod R).
 """
 
 from __future__ import annotations
@@ -337,6 +342,82 @@ def greedy_select(X: np.ndarray, names: list[str], costs: dict[str, float], scor
     return steps
 
 
+# ============================================================================== nested selection
+def _fit_predict(X: np.ndarray, target: np.ndarray, train: np.ndarray, test: np.ndarray, method: str,
+                 ridge: float) -> np.ndarray:
+    """A learned combination fitted on the train items (z-scoring included), predicting the test items."""
+    return cross_fit(np.where((train | test)[:, None], X, np.nan), np.where(train, target, np.nan), method,
+                     np.where(test, 0, 1), ridge)[test]
+
+
+def nested_predictions(X: np.ndarray, names: list[str], ref_mean: np.ndarray, aligned: np.ndarray, groups,
+                       methods, folds: int = 5, repeats: int = 5, seed: int = 0, ridge: float = 1.0,
+                       costs: dict[str, float] | None = None, budget: float | None = None) -> tuple[dict, dict]:
+    """Nested cross-fitting of *selected* ensembles: for each of `repeats` fold splits (fold seeds seed,
+    seed+1, ...; folds grouped like fold_ids) and each fold, the members are chosen by greedy_select (z-mean
+    Spearman with the human mean, costs and budget as given) on the other folds only, the learned weights are
+    fitted there too, and the combination predicts the held-out fold. No held-out item's label is used to
+    choose or weight anything that predicts it.
+
+    Returns ({method: (repeats, n) out-of-fold predictions}, {judge: share of the fits that selected it})."""
+    n = len(ref_mean)
+    preds = {m: np.full((repeats, n), np.nan) for m in methods}
+    counts = np.zeros(len(names))
+    fits = 0
+    rated = np.isfinite(X).any(1)
+    for r in range(repeats):
+        fold = fold_ids(n, groups, folds, seed + r)
+        for f in np.unique(fold):
+            test = (fold == f) & rated
+            train = (fold != f) & rated & np.isfinite(ref_mean)
+            if not test.any() or train.sum() < 3:
+                continue
+            yt = ref_mean[train]
+            steps = greedy_select(X[train], names, costs or {}, lambda v, yt=yt: stats.spearman(v, yt), budget)
+            sel = [names.index(st["judge"]) for st in steps]
+            fits += 1
+            if not sel:
+                continue
+            counts[sel] += 1
+            Xs = X[:, sel]
+            for m in methods:
+                if m in LEARNED:
+                    target = ref_mean if m == "learned" else aligned
+                    if m == "logistic" and np.unique(target[train & np.isfinite(target)]).size < 2:
+                        preds[m][r, test] = np.nanmean(target[train])
+                        continue
+                    preds[m][r, test] = _fit_predict(Xs, target, train, test, m, ridge)
+                else:
+                    preds[m][r, test] = combine(Xs, m)[test]
+    freq = {name: round(float(c / fits), 6) if fits else None for name, c in zip(names, counts)}
+    return preds, freq
+
+
+def mixed_raw(vectors, ctx: dict, score) -> dict:
+    """Raw estimates {name: (point, boot, n)} of a statistic over several out-of-fold prediction vectors (one
+    per fold split): the point is the mean over splits; bootstrap resample b uses split b mod R, so the
+    split-to-split spread is inside the CI. score(x, ctx) -> raw dict (evaluate._compare)."""
+    R = len(vectors)
+    rs = ctx["rs"]
+    raws = []
+    for r, x in enumerate(vectors):
+        sub = dict(ctx, rs=rs.subset(r, R))
+        if ctx.get("rs_prompts") is not None:
+            sub["rs_prompts"] = sub["rs"] if ctx["rs_prompts"] is rs else ctx["rs_prompts"].subset(r, R)
+        raws.append(score(x, sub))
+    out: dict = {}
+    for name in dict.fromkeys(k for raw in raws for k in raw):
+        vals = [raw[name] for raw in raws if name in raw]
+        if name.startswith("_"):
+            out[name] = vals[0]
+            continue
+        with _quiet():
+            point = float(np.nanmean([v[0] for v in vals]))
+        out[name] = (point, np.concatenate([np.asarray(v[1], dtype=np.float64) for v in vals]),
+                     int(max(v[2] for v in vals)))
+    return out
+
+
 # ============================================================================== the eval wiring
 def default_threshold(kind: str, values) -> float:
     """Aligned = human mean >= this: labels 0.5; scores min + 3/4 (max - min) of the human rating values
@@ -350,13 +431,14 @@ def default_threshold(kind: str, values) -> float:
 def evaluate(agreement: dict, methods, members=None, folds: int = 5, seed: int = 0, ridge: float = 1.0,
              threshold: float | None = None, calibration: str | None = "isotonic", bins: int = 10,
              costs: dict[str, float] | None = None, cost_source: dict[str, str] | None = None,
-             budget: float | None = None) -> tuple[dict | None, dict | None, list[str]]:
+             budget: float | None = None, repeats: int = 5) -> tuple[dict | None, dict | None, list[str]]:
     """Ensembles, calibration and selection from compute_agreement()'s result.
 
     Returns (ensembles, calibration, warnings): the `ensembles` and `calibration` keys of metrics.json."""
     import fnmatch
 
-    from .evaluate import _compare, _finish
+    from . import protocol
+    from .evaluate import _average_raws, _compare, _finish
 
     notes: list[str] = []
     items = agreement["_items"]
@@ -396,13 +478,18 @@ def evaluate(agreement: dict, methods, members=None, folds: int = 5, seed: int =
                          f"skipped")
         else:
             X = np.column_stack([vectors[name] for name in chosen])
+            loo = items.get("loo")
             results = {}
             for method in methods:
                 x = combine(X, method, ref_mean, aligned, fold, ridge)
                 ens_vectors[method] = x
                 entry = {"method": method, "members": chosen, "n_items": int(np.isfinite(x).sum()),
                          "out_of_fold": method in LEARNED,
+                         "selection": "none: all members given (choosing among these rows after seeing them is "
+                                      "in-sample)",
                          "metrics": _finish(_compare(x, "score", ref_mean, ref_major, ref_values, ctx))}
+                if loo:
+                    entry["metrics_loo"] = _average_raws(protocol.loo_raws(x, "score", loo, ref_values, ctx, _compare))
                 if method in LEARNED:
                     entry["weights"] = dict(zip(["intercept", *chosen],
                                                 learned_weights(X, ref_mean, aligned, method, ridge) or []))
@@ -433,9 +520,35 @@ def evaluate(agreement: dict, methods, members=None, folds: int = 5, seed: int =
                 "combination": "zmean", "metric": primary, "budget_usd": budget,
                 "costs_usd": {j: float(costs.get(j, 0.0) or 0.0) for j in chosen},
                 "cost_source": {j: (cost_source or {}).get(j, "free") for j in chosen},
-                "steps": steps,
-                "note": "Selected on all items (in-sample): the path is optimistic; the CIs are per step",
+                "steps": steps, "in_sample": True,
+                "note": "IN-SAMPLE: selected on all items, the same items it is scored on; the path is optimistic "
+                        "(the honest number is ensembles.nested)",
             }
+            # nested cross-fitting: members and weights chosen inside each training fold (issue #22)
+            preds, freq = nested_predictions(X, chosen, ref_mean, aligned, groups, list(methods), folds, repeats,
+                                             seed, ridge, costs, budget)
+            nested = {}
+            for method in methods:
+                vecs = list(preds[method])
+                raw = mixed_raw(vecs, ctx, lambda x, c: _compare(x, "score", ref_mean, ref_major, ref_values, c))
+                entry = {"method": method, "n_items": int(np.isfinite(vecs[0]).sum()),
+                         "metrics": _finish(raw)}
+                if loo:
+                    per_rater = [mixed_raw(vecs, ctx, lambda x, c, e=e: _compare(
+                        np.where(e["mask"], x, np.nan), "score", e["mean"], e["majority"], ref_values, c))
+                        for e in loo.entries]
+                    entry["metrics_loo"] = _average_raws(per_rater)
+                nested[method] = entry
+            ens["nested"] = {
+                "protocol": f"nested cross-fitting: in each of {int(np.unique(fold).size)} folds grouped by "
+                            f"{fold_unit}, repeated over {repeats} fold seeds ({seed}..{seed + repeats - 1}), the "
+                            f"members are chosen by greedy z-mean Spearman selection"
+                            + (f" within budget ${budget:g}" if budget is not None else "")
+                            + " and the weights fitted on the training folds only, then the held-out fold is "
+                              "predicted; numbers are on out-of-fold predictions (mean over fold seeds; each "
+                              "bootstrap resample uses one fold seed, so their spread is inside the CI)",
+                "folds": int(np.unique(fold).size), "repeats": repeats, "fold_unit": fold_unit,
+                "selection_frequency": freq, "results": nested}
 
     cal = None
     if calibration:

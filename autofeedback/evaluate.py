@@ -22,18 +22,24 @@ metrics.json, key reference (every metric is {"value", "ci95": [lo, hi], "n"}; n
     human          {source, kind (score|label|choice), n_items, n_raters, n_ratings, ratings_per_item,
                     values (distinct rating values, <= 20), categories,
                     alpha {nominal, ordinal, interval}          Krippendorff's alpha among the human raters
-                    ceiling {method, n_raters, metrics, per_category}   each rater vs the mean (majority for
-                    accuracy/kappa) of the other raters, averaged over raters (leave-one-rater-out)}
+                    ceiling {method, n_raters, metrics, per_rater, per_category}   each rater vs the mean
+                    (majority for accuracy/kappa) of the other raters, averaged over raters (leave-one-rater-out),
+                    answers4 (pairwise sets: A / B / tie / both_bad counts), n_prompts}
     reference      how the human reference is built: mean of raters (correlations, pairwise, interval /
                    ordinal alpha), majority (accuracy, kappa, nominal alpha)
     primary_metric spearman (ratings) or pairwise_accuracy (pairwise choices)
     tie_policy     half | wrong | drop | match (autofeedback.stats)
     pairwise_unit  which pairs pairwise_accuracy counts
-    bootstrap      {n, seed, level, unit}
-    judges         {name: {source, kind, n_items, n_unmatched, metrics, per_category {cat: {n_items, metrics}}}}
-                   metrics: spearman, kendall_tau_b, pairwise_accuracy (+ pairs counts), and when judge and
-                   humans use the same discrete scale: accuracy, cohen_kappa, alpha_nominal, alpha_ordinal,
-                   alpha_interval (judge vs the human reference as two raters)
+    bootstrap      {n, seed, level, unit (prompt_id: whole prompts resampled | item), n_units, method, note}
+    failed_policy  pairwise sets: a judge's failed answers count wrong | tie | drop (autofeedback.protocol)
+    judges         {name: {source, kind, n_items, n_unmatched, metrics, metrics_loo, per_category
+                    {cat: {n_items, metrics}}, scale, scale_status, n_failed, confusion4}}
+                   metrics: spearman, kendall_tau_b, kendall_tau_c, pairwise_accuracy (+ pairs counts),
+                   *_per_prompt (mean over prompts of the within-prompt statistic), accuracy_4way (pairwise
+                   sets), and when judge and humans use the same discrete scale (or --judge-threshold /
+                   --judge-scale make them): accuracy, cohen_kappa, alpha_nominal, alpha_ordinal, alpha_interval
+                   (judge vs the human reference as two raters). metrics_loo: the same vs each left-out
+                   rater's mean of the other raters, averaged over raters (the ceiling's target)
     baselines      random {metrics}, constant {value, metrics} (pointwise sets: always the most common
                    human value) or always_first {metrics} (pairwise sets), clip_score {judge, metrics}
                    (a judge whose name contains "clip", when present)
@@ -45,8 +51,9 @@ metrics.json, key reference (every metric is {"value", "ci95": [lo, hi], "n"}; n
   before_after   null unless RUN has pointwise judgments of >= 2 models on the same prompts; see
                  `before_after()`
   ensembles      null unless --ensemble: judge ensembles (zmean, rankmean, vote; learned and logistic
-                 cross-fitted, out-of-fold) next to the member judges and the ceiling, and a greedy
-                 cost-budgeted judge selection (autofeedback/ensemble.py; docs/eval.md)
+                 cross-fitted, out-of-fold) next to the member judges and the ceiling, a greedy
+                 cost-budgeted judge selection (in-sample), and `nested`: members and weights chosen inside
+                 each training fold (the honest numbers) (autofeedback/ensemble.py; docs/eval.md)
   calibration    null unless --ensemble / --calibration: cross-fitted P(aligned) per judge, ECE, Brier,
                  reliability bins
   eval           {created_at, run_dir, inputs, config}
@@ -63,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats, tables
+from . import protocol, stats, tables
 from .config import EvalConfig
 from .errors import InputError
 from .labels import FIRST, NO, SECOND, TIE, YES  # one answer vocabulary with import-labels
@@ -83,6 +90,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     run_dir = Path(cfg.run_dir)
     # 1. Check inputs: which files exist, column mapping.
     mapping = parse_map(cfg.column_map)
+    label_map = protocol.parse_labels(cfg.labels)
     human_path = cfg.human
     if human_path is None and tables.exists(tables.table_path(run_dir, "human_labels")):
         human_path = tables.table_path(run_dir, "human_labels")
@@ -95,7 +103,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     if human_path is None and not judgment_paths and not has_run_judgments:
         raise InputError(f"{run_dir}: nothing to evaluate: no judgments.parquet in the run and no --human "
                          f"or --judgments file given")
-    _check_map_used(mapping, [p for p in [human_path, *judgment_paths] if p is not None])
+    _check_map_used(mapping, {"human": [human_path] if human_path is not None else [], "judgments": judgment_paths})
 
     # 2. Read the run's tables (images without pixels, prompts).
     images = _read_run_table(run_dir, "images", ["image_id", "prompt_id", "prompt", "model", "seed", "created_at"])
@@ -104,15 +112,18 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     # 3. Read and normalize the ratings.
     judge_rows = []
     for p in judgment_paths:
-        judge_rows.append(normalize(read_ratings(p, mapping), p, default_rater=Path(p).stem.split(".")[0],
-                                    prefer_item_id="item_id" in mapping))
+        judge_rows.append(normalize(read_ratings(p, mapping, role="judgments"), p,
+                                    default_rater=Path(p).stem.split(".")[0],
+                                    prefer_item_id=_maps(mapping, "item_id", "judgments"), role="judge",
+                                    label_map=label_map))
     if has_run_judgments:
-        judge_rows.append(normalize(read_run_judgments(run_dir), run_judgments, default_rater="judge"))
+        judge_rows.append(normalize(read_run_judgments(run_dir), run_judgments, default_rater="judge", role="judge",
+                                    label_map=label_map))
     judges = _merge_sources(judge_rows)
     human = None
     if human_path is not None:
-        human = normalize(read_ratings(human_path, mapping), human_path, default_rater="human",
-                          prefer_item_id="item_id" in mapping)
+        human = normalize(read_ratings(human_path, mapping, role="human"), human_path, default_rater="human",
+                          prefer_item_id=_maps(mapping, "item_id", "human"), label_map=label_map)
         human = human[human["status"] == "ok"]
         if human.empty:
             raise InputError(f"{human_path}: no usable ratings (every row has a non-ok status or no value)")
@@ -125,7 +136,11 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     if human is not None:
         agreement = compute_agreement(human, judges, tie_policy=cfg.tie_policy, n_boot=cfg.bootstrap,
                                       seed=cfg.seed, min_rater_items=cfg.min_rater_items, images=images,
-                                      prompts=prompts, human_source=str(human_path))
+                                      prompts=prompts, human_source=str(human_path), failed=cfg.failed,
+                                      bootstrap_unit=cfg.bootstrap_unit,
+                                      judge_threshold=protocol.parse_thresholds(cfg.judge_threshold),
+                                      judge_scale=protocol.parse_scales(cfg.judge_scale),
+                                      aligned_threshold=cfg.aligned_threshold)
 
     # 5b. Judge ensembles (cross-fitted), calibration to P(aligned), cost-aware selection (issue #10).
     ensembles = calibration = None
@@ -136,7 +151,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
         ensembles, calibration, notes = ensemble.evaluate(
             agreement, cfg.ensemble, members=cfg.ensemble_judges, folds=cfg.folds, seed=cfg.seed, ridge=cfg.ridge,
             threshold=cfg.aligned_threshold, calibration=cfg.calibration or "isotonic", bins=cfg.ece_bins,
-            costs=costs, cost_source=cost_source, budget=cfg.budget)
+            costs=costs, cost_source=cost_source, budget=cfg.budget, repeats=cfg.fold_repeats)
         agreement["warnings"].extend(notes)
 
     # 6. Model before/after on the run's own pointwise judgments.
@@ -187,35 +202,20 @@ def format_summary(summary: dict, cfg) -> str:
 
 
 # ============================================================================ reading inputs
-def parse_map(items) -> dict[str, str]:
-    """['item_id=image', ...] or {'item_id': 'image'} -> {'item_id': 'image'} (target column <- source)."""
-    if isinstance(items, dict):
-        pairs = list(items.items())
-    else:
-        pairs = []
-        for item in items or []:
-            dest, eq, src = str(item).partition("=")
-            if not eq or not dest.strip() or not src.strip():
-                raise InputError(f"--map {item!r}: expected TARGET=SOURCE, e.g. item_id=image")
-            pairs.append((dest.strip(), src.strip()))
-    out = {}
-    for dest, src in pairs:
-        if dest not in MAPPABLE:
-            raise InputError(f"--map {dest}={src}: unknown target column {dest!r}; targets: {', '.join(MAPPABLE)}")
-        out[dest] = src
-    return out
+def parse_map(items) -> list[dict]:
+    """['item_id=image', 'mode=pairwise', 'judgments:rater=\'gpt4o\'', ...] or {'item_id': 'image'} -> the
+    --map entries (autofeedback.protocol.parse_map: columns, constants, joins, per-file roles)."""
+    return protocol.parse_map(items, MAPPABLE)
 
 
-def _check_map_used(mapping: dict[str, str], paths: list) -> None:
+def _maps(mapping: list[dict], target: str, role: str) -> bool:
+    return any(m["target"] == target and m["role"] in (None, role) for m in mapping)
+
+
+def _check_map_used(mapping: list[dict], paths_by_role: dict[str, list]) -> None:
     if not mapping:
         return
-    seen: set[str] = set()
-    for p in paths:
-        seen |= set(_columns_of(Path(p)))
-    for dest, src in mapping.items():
-        if src not in seen:
-            raise InputError(f"--map {dest}={src}: no column {src!r} in "
-                             f"{', '.join(str(p) for p in paths) or 'any input'} (columns: {', '.join(sorted(seen))})")
+    protocol.check_map(mapping, {role: [_columns_of(Path(p)) for p in paths] for role, paths in paths_by_role.items()})
 
 
 def _columns_of(path: Path) -> list[str]:
@@ -227,11 +227,12 @@ def _columns_of(path: Path) -> list[str]:
             return sorted({n for s in shards for n in pq.read_schema(s).names})
         except Exception:  # unreadable: read_ratings() reports it properly
             return []
-    return list(read_ratings(path, {}, nrows=5).columns)
+    return list(read_ratings(path, None, nrows=5).columns)
 
 
-def read_ratings(path, mapping: dict[str, str] | None = None, nrows: int | None = None):
-    """A label file (Parquet file or folder, CSV/TSV, JSONL) as a DataFrame, with --map applied."""
+def read_ratings(path, mapping=None, nrows: int | None = None, role: str = "human"):
+    """A label file (Parquet file or folder, CSV/TSV, JSONL, JSON) as a DataFrame, with the --map entries
+    of this role ("human" or "judgments") applied."""
     import pandas as pd
 
     path = Path(path)
@@ -246,7 +247,12 @@ def read_ratings(path, mapping: dict[str, str] | None = None, nrows: int | None 
             df = pd.read_parquet(path)
         elif suffix in (".csv", ".tsv", ".txt"):
             df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", nrows=nrows)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
+        elif suffix == ".json":  # a JSON array of records (e.g. GenAI-Bench's pairwise.json), else JSON lines
+            try:
+                df = pd.read_json(path)
+            except ValueError:
+                df = pd.read_json(path, lines=True, nrows=nrows)
+        elif suffix in (".jsonl", ".ndjson"):
             try:
                 df = pd.read_json(path, lines=True, nrows=nrows)
             except ValueError:
@@ -261,9 +267,9 @@ def read_ratings(path, mapping: dict[str, str] | None = None, nrows: int | None 
         raise InputError(f"{path}: could not read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if nrows is not None:
         df = df.head(nrows)
-    for dest, src in (mapping or {}).items():
-        if src in df.columns and src != dest:
-            df[dest] = df[src]
+    if mapping:
+        specs = mapping if isinstance(mapping, list) else parse_map(mapping)
+        df = protocol.apply_map(df, specs, role)
     return df
 
 
@@ -310,14 +316,19 @@ def _text(v):
     return None if _is_null(v) else str(v)
 
 
-def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = False):
-    """Long ratings -> one row per rating: item_id, rater, kind, value, category, prompt_id, status,
+def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = False, role: str = "human",
+              label_map: dict[str, float] | None = None):
+    """Long ratings -> one row per rating: item_id, rater, kind, value, c4, category, prompt_id, status,
     consistent, first_chosen, first_sign, shown (the pair in the order shown), source.
 
     kind is score (a number), label (1/0) or choice (+1 = first image of the pair in sorted-id order,
-    -1 = second, 0 = tie). The item is image_ids when the file has it (item_id is then taken for a row
-    id, as `import-labels` reads it) unless item_id was mapped explicitly (prefer_item_id), else item_id,
-    else image_id. Raises InputError naming the file, column and value for bad input.
+    -1 = second, 0 = tie). c4 is the four-way answer of a choice (autofeedback.protocol: A, B, tie,
+    both bad, a judge's undifferentiated tie). The item is image_ids when the file has it (item_id is then
+    taken for a row id, as `import-labels` reads it) unless item_id was mapped explicitly (prefer_item_id),
+    else item_id, else image_id. Without a prompt_id column, a prompt column (the prompt text) groups the
+    items. role "judge": a choice no vocabulary knows is a failed answer (status `unparsed`), not an error.
+    label_map (--labels): label words -> numbers; with a value other than 0/1 the labels become scores.
+    Raises InputError naming the file, column and value for bad input.
     """
     import pandas as pd
 
@@ -325,6 +336,25 @@ def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = Fa
     cols = set(df.columns)
     if len(df) == 0:
         raise InputError(f"{where}: no rows")
+    if "prompt_id" not in cols and "prompt" in cols:
+        df = df.assign(prompt_id=df["prompt"])
+        cols.add("prompt_id")
+    if label_map and "label" in cols and any(v not in (0.0, 1.0) for v in label_map.values()):
+        # three-level (or more) word labels are an ordinal score: yes=1, partly=0.5, no=0
+        df = df.copy()
+        words = df["label"]
+        mapped = [float("nan") if _is_null(v) else label_map.get(str(v).strip().lower()) for v in words]
+        for i, (v, m) in enumerate(zip(words, mapped)):
+            if m is None:
+                raise InputError(f"{where}: row {i}: column 'label' value {v!r} is not in --labels "
+                                 f"({', '.join(f'{k}={g:g}' for k, g in label_map.items())})")
+        if "score" in cols:
+            df["score"] = [sc if not _is_null(sc) else m for sc, m in zip(df["score"], mapped)]
+        else:
+            df["score"] = mapped
+            cols.add("score")
+        df = df.drop(columns=["label"])
+        cols.discard("label")
     if "mode" in cols:  # rankings (listwise) are not compared with labels here
         df = df[~df["mode"].astype(str).str.lower().isin(["listwise"])].reset_index(drop=True)
         if len(df) == 0:
@@ -376,19 +406,24 @@ def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = Fa
         raise InputError(f"{where}: no rating column: need score, label or choice; it has: "
                          f"{', '.join(map(str, df.columns))}. Map one with --map score=COLUMN")
     # per rater: which value column to use for pointwise rows
-    kinds, values, first_chosen, first_sign, shown, alt_label = [], [], [], [], [], []
+    kinds, values, first_chosen, first_sign, shown, alt_label, c4s = [], [], [], [], [], [], []
+    unparsed = np.zeros(n, dtype=bool)
+    empty = np.zeros(n, dtype=bool)   # no score, label or choice at all: takes the kind of the rater's other rows
     score_raters = set(raters[score.notna()]) if score is not None else set()
     for i in range(n):
         r = raters.iat[i]
         mode = modes.iat[i]
         ids = id_lists[i]
         c = None if choice is None else choice.iat[i]
+        empty[i] = _is_null(c) and (score is None or _is_null(score.iat[i])) and (
+            label is None or _is_null(label.iat[i]))
         is_pair = mode == "pairwise" or (ids is not None and len(ids) == 2 and not _is_null(c)) or (
             not _is_null(c) and (score is None or _is_null(score.iat[i])) and (label is None or _is_null(label.iat[i])))
-        fc, fs, sh = None, 1.0, None
+        fc, fs, sh, c4 = None, 1.0, None, float("nan")
         if is_pair:
             kind = "choice"
-            val, fc, fs, sh = _parse_choice(c, ids, where, i)
+            val, fc, fs, sh, c4 = _parse_choice(c, ids, where, i, strict=role != "judge")
+            unparsed[i] = not _is_null(c) and not np.isfinite(val)
         elif r in score_raters:
             kind = "score"
             val = _parse_score(score.iat[i], where, "score", i)
@@ -400,13 +435,21 @@ def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = Fa
             val = float("nan")
         kinds.append(kind)
         values.append(val)
+        c4s.append(c4)
         alt_label.append(_parse_label(label.iat[i], where, i) if kind == "score" and label is not None
                          else float("nan"))
         first_chosen.append(fc)
         first_sign.append(fs)
         shown.append(sh)
+    # a row without any answer (a failed request) belongs to its rater's kind: one judge, whatever its failures
+    # look like, not a second "pointwise" judge made of its pairwise failures (issue #22)
+    if empty.any() and (~empty).any():
+        main = pd.Series(kinds)[~empty].groupby(raters[~empty].to_numpy()).agg(lambda k: k.value_counts().index[0])
+        for i in np.flatnonzero(empty):
+            kinds[i] = main.get(raters.iat[i], kinds[i])
     out = pd.DataFrame({
         "item_id": items, "rater": raters.tolist(), "kind": kinds, "value": np.asarray(values, dtype=np.float64),
+        "c4": np.asarray(c4s, dtype=np.float64),
         "category": [_text(v) for v in df["category"]] if "category" in cols else [None] * n,
         "prompt_id": [_text(v) for v in df["prompt_id"]] if "prompt_id" in cols else [None] * n,
         "status": status.tolist(), "consistent": consistent,
@@ -422,9 +465,10 @@ def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = Fa
         sel = out["rater"] == r
         out.loc[sel, "rater"] = r + "/" + out.loc[sel, "mode"]
     ok = out["status"] == "ok"
-    missing = ok & out["value"].isna()
-    if missing.all():
-        raise InputError(f"{where}: every row lacks a value in score/label/choice")
+    out.loc[ok & unparsed, "status"] = "unparsed"
+    missing = (out["status"] == "ok") & out["value"].isna()
+    if (missing | (ok & unparsed)).all():
+        raise InputError(f"{where}: every row lacks a usable value in score/label/choice")
     out.loc[missing, "status"] = "no_value"
     return out
 
@@ -454,35 +498,47 @@ def _parse_label(v, where, i) -> float:
                      f"(use true/false, yes/no or 1/0)")
 
 
-def _parse_choice(c, ids, where, i):
-    """-> (canonical sign, first_chosen, first_sign, shown). sign +1 = sorted-first image preferred."""
+def _parse_choice(c, ids, where, i, strict: bool = True):
+    """-> (canonical sign, first_chosen, first_sign, shown, four-way code). sign +1 = sorted-first image
+    preferred. Arena answers (leftvote, [[A>B]], bothbad_vote, [[A=B=Good]]...) are read too; both-bad is a
+    tie for the sign and stays distinct in the four-way code. A plain "tie" is a human's tie (both good) and a
+    judge's undifferentiated tie. strict=False (judges): an unknown answer is NaN (a failed answer)."""
+    nan = float("nan")
     if _is_null(c):
-        return float("nan"), None, 1.0, None
+        return nan, None, 1.0, None, nan
     s = str(c).strip()
     low = s.lower()
+    arena = protocol.arena_answer(s)
+    tie_code = stats.C4_TIE if strict else stats.C4_TIE_ANY
+    pos = "A" if (low in FIRST or arena == "A") else "B" if (low in SECOND or arena == "B") else None
+    tie = arena if arena in ("tie", "both_bad", "tie_any") else ("tie" if low in TIE else None)
     if ids is not None and len(ids) == 2:
         canon = sorted(ids)
         fs = 1.0 if ids[0] == canon[0] else -1.0
+        shown = "|".join(ids)
         if s in ids:
             chosen = s
-        elif low in FIRST:
-            chosen = ids[0]
-        elif low in SECOND:
-            chosen = ids[1]
-        elif low in TIE:
-            return 0.0, None, fs, "|".join(ids)
+        elif pos is not None:
+            chosen = ids[0] if pos == "A" else ids[1]
+        elif tie is not None:
+            return 0.0, None, fs, shown, (protocol.CODE[tie] if arena else tie_code)
+        elif not strict:
+            return nan, None, fs, shown, nan
         else:
             raise InputError(f"{where}: row {i}: column 'choice' value {c!r} is neither image of the pair "
-                             f"{ids} nor A/B, first/second, 0/1 (position) or tie")
-        return (1.0 if chosen == canon[0] else -1.0), chosen == ids[0], fs, "|".join(ids)
-    if low in FIRST:
-        return 1.0, True, 1.0, None
-    if low in SECOND:
-        return -1.0, False, 1.0, None
-    if low in TIE:
-        return 0.0, None, 1.0, None
-    raise InputError(f"{where}: row {i}: column 'choice' value {c!r} is not A/B, first/second, 0/1 (position) "
-                     f"or tie (or give the pair in image_ids and the chosen image id)")
+                             f"{ids} nor A/B, first/second, 0/1 (position), tie or both-bad")
+        sign = 1.0 if chosen == canon[0] else -1.0
+        return sign, chosen == ids[0], fs, shown, (stats.C4_A if sign > 0 else stats.C4_B)
+    if pos == "A":
+        return 1.0, True, 1.0, None, stats.C4_A
+    if pos == "B":
+        return -1.0, False, 1.0, None, stats.C4_B
+    if tie is not None:
+        return 0.0, None, 1.0, None, (protocol.CODE[tie] if arena else tie_code)
+    if not strict:
+        return nan, None, 1.0, None, nan
+    raise InputError(f"{where}: row {i}: column 'choice' value {c!r} is not A/B, first/second, 0/1 (position), "
+                     f"tie or both-bad (or give the pair in image_ids and the chosen image id)")
 
 
 def _merge_sources(frames):
@@ -582,6 +638,20 @@ class _Reference:
         self.discrete = len(vals) <= MAX_DISCRETE
         self.first_sign = (human.groupby("item_id")["first_sign"].first().reindex(items).fillna(1.0)
                            .to_numpy(dtype=np.float64))
+        # four-way answers (pairwise sets): one code per (item, rater), the raters' majority per item
+        self.matrix4 = self.ref4 = None
+        if kind == "choice":
+            a4 = _aggregate4(human, "human")
+            self.matrix4 = (a4.pivot(index="item_id", columns="rater", values="c4")
+                            .reindex(index=items, columns=self.raters).to_numpy(dtype=np.float64))
+            self.ref4 = protocol.majority4(self.matrix4)
+            self.both_bad = bool((self.matrix4 == stats.C4_BOTH_BAD).any())
+
+
+def _aggregate4(rows, role: str):
+    """One four-way code per (item, rater) (protocol.aggregate4)."""
+    g = rows.groupby(["item_id", "rater"], sort=False)["c4"].agg(lambda c: protocol.aggregate4(c.to_numpy(), role))
+    return g.reset_index()
 
 
 def _aggregate(rows, kind: str):
@@ -610,8 +680,15 @@ def _majority(matrix: np.ndarray) -> np.ndarray:
 
 
 def compute_agreement(human, judges, tie_policy: str = "half", n_boot: int = 2000, seed: int = 0,
-                      min_rater_items: int = 10, images=None, prompts=None, human_source: str = "") -> dict:
-    """Agreement of every judge with the human reference, baselines and the human ceiling."""
+                      min_rater_items: int = 10, images=None, prompts=None, human_source: str = "",
+                      failed: str = "wrong", bootstrap_unit: str = "auto", judge_threshold=None, judge_scale=None,
+                      aligned_threshold: float | None = None) -> dict:
+    """Agreement of every judge with the human reference, baselines and the human ceiling.
+
+    Every judge is scored twice: against the mean (majority) of all raters (`metrics`), and against the
+    mean of the other n-1 raters for each left-out rater, averaged over raters (`metrics_loo`) - the
+    target of the human ceiling (issue #22). The bootstrap resamples prompts when every item has a
+    prompt_id (bootstrap_unit auto|prompt), else items."""
     kinds = set(human["kind"])
     if len(kinds) > 1:
         raise InputError(f"{human_source}: human ratings mix kinds {sorted(kinds)}; use one of score, label "
@@ -636,23 +713,37 @@ def compute_agreement(human, judges, tie_policy: str = "half", n_boot: int = 200
             for i in range(n):
                 if category[i] is None and group[i] is not None:
                     category[i] = pcat.get(group[i])
-    groups = None
-    if kind != "choice" and all(g is not None for g in group):
+    has_prompts = n > 0 and all(g is not None for g in group)
+    prompt_codes = None
+    if has_prompts:
         codes = {g: k for k, g in enumerate(sorted(set(group)))}
-        groups = np.array([codes[g] for g in group], dtype=np.float64)
+        prompt_codes = np.array([codes[g] for g in group], dtype=np.float64)
+    groups = prompt_codes if kind != "choice" else None
     pairwise_unit = ("pairs (the items themselves) of pairwise choices" if kind == "choice" else
                      "pairs of items with the same prompt_id" if groups is not None else "all pairs of items")
     cats = sorted({c for c in category if c is not None})
     cat_masks = {c: np.array([x == c for x in category], dtype=np.float64) for c in cats} if len(cats) > 1 else {}
 
-    rs = stats.Resampler(n, n_boot, seed)
-    ctx = {"ref_kind": kind, "groups": groups, "tie_policy": tie_policy, "rs": rs}
+    # the bootstrap unit: prompts (clusters) when every item has one, else items
+    if bootstrap_unit not in ("auto", "prompt", "item"):
+        raise InputError(f"--bootstrap-unit {bootstrap_unit!r}: use auto, prompt or item")
+    if bootstrap_unit == "prompt" and not has_prompts:
+        raise InputError("--bootstrap-unit prompt: not every item has a prompt_id (map one with --map prompt_id=COL)")
+    by_prompt = has_prompts and bootstrap_unit != "item"
+    rs = stats.Resampler(n, n_boot, seed, clusters=prompt_codes if by_prompt else None)
+    rs_prompts = None
+    if has_prompts:  # within-prompt statistics: CI over prompts, the same draws as rs when it resamples prompts
+        rs_prompts = rs if by_prompt else stats.Resampler(n, n_boot, seed, clusters=prompt_codes)
+    ctx = {"ref_kind": kind, "groups": groups, "tie_policy": tie_policy, "rs": rs, "rs_prompts": rs_prompts,
+           "prompt_codes": prompt_codes}
+    loo = protocol.LooTargets(ref.matrix, ref.raters, kind, _majority, min_rater_items, ref.matrix4)
 
     # judges
     judge_out: dict = {}
     judge_vectors: dict[str, np.ndarray] = {}
     if judges is not None:
         ok = judges[judges["status"] == "ok"]
+        tried = judges.groupby("rater")["item_id"].agg(lambda s: set(s))
         for name, g in ok.groupby("rater", sort=True):
             jkind = g["kind"].iat[0]
             if kind == "label" and jkind == "score" and g["alt_label"].notna().any():
@@ -676,12 +767,37 @@ def compute_agreement(human, judges, tie_policy: str = "half", n_boot: int = 200
                 entry["metrics"] = {}
                 judge_out[name] = entry
                 continue
+            x4 = None
+            if kind == "choice":
+                a4 = _aggregate4(g, "judge")
+                x4 = np.full(n, np.nan)
+                h4 = a4["item_id"].map(index)
+                x4[h4.dropna().astype(int).to_numpy()] = a4["c4"].to_numpy()[h4.notna().to_numpy()]
+                # failed answers: rows for the item (any status), no usable choice
+                asked = np.array([it in tried.get(name, set()) for it in items])
+                failed_items = asked & ~np.isfinite(x)
+                entry["n_failed"] = int(failed_items.sum())
+                entry["failed_policy"] = failed
+                x, x4 = protocol.apply_failed(x, x4, failed_items, failed)
             judge_vectors[name] = x
-            entry["metrics"] = _finish(_compare(x, jkind, ref.mean, ref.majority, ref.values, ctx))
+            view = protocol.categorical_view(x, jkind, kind, ref.values, ref.mean, ref.majority, name,
+                                             judge_threshold, judge_scale, aligned_threshold)
+            xcat, rmaj, rvals, scale_note = view
+            if scale_note:
+                entry["scale"] = scale_note
+                entry["scale_status"] = "skipped" if xcat is None else "converted"
+            entry["metrics"] = _finish(_compare(x, jkind, ref.mean, ref.majority, ref.values, ctx, x4=x4,
+                                                ref4=ref.ref4, cat=view))
+            if loo:
+                entry["metrics_loo"] = _average_raws(protocol.loo_raws(x, jkind, loo, ref.values, ctx, _compare,
+                                                                       x4=x4))
             entry["per_category"] = {
                 c: {"n_items": int((np.isfinite(x) * m).sum()),
-                    "metrics": _finish(_compare(x, jkind, ref.mean, ref.majority, ref.values, ctx, mask=m))}
+                    "metrics": _finish(_compare(x, jkind, ref.mean, ref.majority, ref.values, ctx, mask=m, x4=x4,
+                                                ref4=ref.ref4, cat=view, per_prompt=False))}
                 for c, m in cat_masks.items()}
+            if kind == "choice":
+                entry["confusion4"] = protocol.confusion4(x4, ref.ref4)
             judge_out[name] = entry
         if judge_out and all(j["n_items"] == 0 for j in judge_out.values()):
             raise InputError("no judge rated any of the human-labeled items: "
@@ -692,11 +808,15 @@ def compute_agreement(human, judges, tie_policy: str = "half", n_boot: int = 200
                  "n_ratings": int(np.isfinite(ref.matrix).sum()),
                  "ratings_per_item": round(float(np.isfinite(ref.matrix).sum(1).mean()), 3) if n else 0,
                  "values": [float(v) for v in ref.values] if ref.discrete else None,
-                 "categories": cats, "alpha": None, "ceiling": None}
+                 "categories": cats, "alpha": None, "ceiling": None,
+                 "n_prompts": int(len(set(group))) if has_prompts else None}
+    if kind == "choice":
+        human_out["answers4"] = {protocol.NAMES4[float(c)]: int(k) for c, k in
+                                 zip(*np.unique(ref.ref4[np.isfinite(ref.ref4)], return_counts=True))}
     pairable = (np.isfinite(ref.matrix).sum(1) >= 2)
     if pairable.any():
         human_out["alpha"] = _alphas(ref.matrix, kind, ref.discrete, rs)
-        human_out["ceiling"] = _ceiling(ref, ctx, cat_masks, min_rater_items)
+        human_out["ceiling"] = _ceiling(ref, ctx, cat_masks, min_rater_items, loo)
     else:
         notes.append("one rating per item: no human-human agreement or ceiling")
 
@@ -706,19 +826,27 @@ def compute_agreement(human, judges, tie_policy: str = "half", n_boot: int = 200
     if clip:
         baselines["clip_score"] = {"judge": clip[0], "metrics": judge_out[clip[0]]["metrics"]}
 
+    unit = ("prompt_id" if by_prompt else "item")
     return {
         "human": human_out,
         "reference": {"correlations": "mean of the human raters per item",
-                      "categorical": "majority of the human raters per item (items without one are left out)"},
+                      "categorical": "majority of the human raters per item (items without one are left out)",
+                      "loo": "metrics_loo and the ceiling: against the mean (majority) of the other n-1 raters on "
+                             "the items the left-out rater rated, averaged over the left-out raters"},
         "primary_metric": "pairwise_accuracy" if kind == "choice" else "spearman",
         "tie_policy": tie_policy,
+        "failed_policy": failed if kind == "choice" else None,
         "pairwise_unit": pairwise_unit,
-        "bootstrap": {"n": n_boot, "seed": seed, "level": 0.95, "unit": "item", "method": "percentile"},
+        "bootstrap": {"n": n_boot, "seed": seed, "level": 0.95, "unit": unit, "method": "percentile",
+                      "n_units": rs.n_units,
+                      "note": ("cluster bootstrap: whole prompts are resampled" if by_prompt else
+                               "items are resampled" + ("" if has_prompts else " (no prompt_id on every item)"))},
         "judges": judge_out,
         "baselines": baselines,
         "warnings": notes,
         "_items": {"ids": items, "mean": ref.mean, "vectors": judge_vectors,  # for the report; not written
-                   "majority": ref.majority, "values": ref.values, "ctx": ctx},   # for autofeedback.ensemble
+                   "majority": ref.majority, "values": ref.values, "ctx": ctx,   # for autofeedback.ensemble
+                   "loo": loo},
     }
 
 
@@ -739,8 +867,13 @@ def _comparable(jkind: str, hkind: str) -> bool:
     return True
 
 
-def _compare(x, xkind, ref_mean, ref_major, ref_values, ctx, mask=None) -> dict:
-    """Raw metric estimates of x vs a reference: {name: (point, boot array, n)}."""
+def _compare(x, xkind, ref_mean, ref_major, ref_values, ctx, mask=None, x4=None, ref4=None, cat=None,
+             per_prompt: bool = True) -> dict:
+    """Raw metric estimates of x vs a reference: {name: (point, boot array, n)}.
+
+    x4 / ref4: four-way answers (pairwise sets): accuracy_4way. cat: protocol.categorical_view() of a judge
+    on another scale (binarized or rescaled values for accuracy, kappa, alpha). per_prompt: the mean over
+    prompts of the within-prompt correlations (CI over prompts)."""
     rs: stats.Resampler = ctx["rs"]
     hkind, groups, policy = ctx["ref_kind"], ctx["groups"], ctx["tie_policy"]
     m = np.ones(len(x)) if mask is None else mask
@@ -761,32 +894,68 @@ def _compare(x, xkind, ref_mean, ref_major, ref_values, ctx, mask=None) -> dict:
         fn = lambda w: stats.w_choice_accuracy(x, ref_mean, w, policy)  # noqa: E731
         out["pairwise_accuracy"] = (point(fn), boot(fn), nv)
         out["_pairs"] = {"items": nv}
+        if x4 is not None and ref4 is not None:
+            v4 = np.isfinite(x4) & np.isfinite(ref4) & (m > 0)
+            if v4.any():
+                f4 = lambda w: stats.w_choice4_accuracy(x4, ref4, w)  # noqa: E731
+                out["accuracy_4way"] = (point(f4), boot(f4), int(v4.sum()))
     else:
         xs, ys = x[valid], ref_mean[valid]
         out["spearman"] = (stats.spearman(xs, ys),
                            boot(lambda w: stats.w_spearman(x, ref_mean, w)), nv)
-        out["kendall_tau_b"] = (stats.kendall_tau_b(xs, ys),
-                                boot(lambda w: stats.w_kendall_tau_b(x, ref_mean, w)), nv)
-        fn = lambda w: stats.w_pairwise_accuracy(x, ref_mean, w, groups, policy)  # noqa: E731
-        out["pairwise_accuracy"] = (point(fn), boot(fn), nv)
+        taus = np.concatenate([stats.w_kendall_taus(x, ref_mean, w * m) for w in rs.weights()]) \
+            if rs.n else np.full((rs.n_boot, 2), np.nan)
+        out["kendall_tau_b"] = (stats.kendall_tau_b(xs, ys), taus[:, 0], nv)
+        out["kendall_tau_c"] = (stats.kendall_tau_c(xs, ys), taus[:, 1], nv)
         g = None if groups is None else groups[valid]
+        rp = ctx.get("rs_prompts")
+        gs = None
+        if groups is not None and (rs.clusters is not None or (per_prompt and rp is not None)):
+            gs = stats.group_stats(np.where(m > 0, x, np.nan), ref_mean, groups, correlations=per_prompt)
+        if groups is not None and rs.clusters is not None:
+            # whole prompts resampled: each prompt's pairs count once per draw of the prompt
+            terms = stats.group_pair_terms(gs)
+            fn = lambda wg: stats.w_grouped_pairwise_accuracy(terms, wg, policy)  # noqa: E731
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pt = float(fn(np.ones((1, len(terms["total"]))))[0])
+            out["pairwise_accuracy"] = (pt, rs.apply_units(fn), nv)
+        else:
+            fn = lambda w: stats.w_pairwise_accuracy(x, ref_mean, w, groups, policy)  # noqa: E731
+            out["pairwise_accuracy"] = (point(fn), boot(fn), nv)
         out["_pairs"] = stats.pairwise_counts(xs, ys, g)
+        if per_prompt and rp is not None and gs is not None:
+            for name in ("spearman", "kendall_tau_b", "kendall_tau_c"):
+                v = gs[name]
+                nd = int(np.isfinite(v).sum())
+                if nd == 0:
+                    continue
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    pt = float(stats.w_group_mean(v)[0])
+                out[f"{name}_per_prompt"] = (pt, rp.apply_units(lambda wg, v=v: stats.w_group_mean(v, wg)), nd)
+            out["_per_prompt"] = {"prompts": int((gs["n"] > 0).sum()),
+                                  "defined": int(np.isfinite(gs["spearman"]).sum())}
     # same discrete scale: categorical agreement and alpha
-    xv = np.unique(x[np.isfinite(x)])
-    same_scale = (xkind == hkind or {xkind, hkind} <= {"score", "label"}) and len(ref_values) <= MAX_DISCRETE \
-        and np.isin(xv, ref_values).all()
+    xc, rmaj, rvals = x, ref_major, ref_values
+    if cat is not None and cat[0] is not None:
+        xc, rmaj, rvals = cat[0], cat[1], cat[2]
+    xv = np.unique(xc[np.isfinite(xc)])
+    if hkind == "choice":
+        xv = xv[np.abs(xv) <= 1]  # 2 = a failed answer counted wrong (--failed wrong)
+    same_scale = (xkind == hkind or {xkind, hkind} <= {"score", "label"}) and len(rvals) <= MAX_DISCRETE \
+        and np.isin(xv, rvals).all()
     if same_scale:
-        vm = np.isfinite(x) & np.isfinite(ref_major) & (m > 0)
+        vm = np.isfinite(xc) & np.isfinite(rmaj) & (m > 0)
         if vm.any():
-            fa = lambda w: stats.w_accuracy(x, ref_major, w)  # noqa: E731
-            fk = lambda w: stats.w_cohen_kappa(x, ref_major, w)  # noqa: E731
+            fa = lambda w: stats.w_accuracy(xc, rmaj, w)  # noqa: E731
+            fk = lambda w: stats.w_cohen_kappa(xc, rmaj, w)  # noqa: E731
             out["accuracy"] = (point(fa), boot(fa), int(vm.sum()))
             out["cohen_kappa"] = (point(fk), boot(fk), int(vm.sum()))
-            pair_major = np.column_stack([x, ref_major])
+            pair_major = np.column_stack([xc, rmaj])
             fn = lambda w: stats.w_krippendorff_alpha(pair_major, w, "nominal")  # noqa: E731
             out["alpha_nominal"] = (point(fn), boot(fn), int(vm.sum()))
-        if hkind == "score":
-            pair_mean = np.column_stack([x, ref_mean])
+        binary = cat is not None and cat[0] is not None and len(rvals) == 2 and hkind == "score"
+        if hkind == "score" and not binary:
+            pair_mean = np.column_stack([xc, ref_mean])
             for level in ("ordinal", "interval"):
                 try:
                     fn = lambda w, lv=level: stats.w_krippendorff_alpha(pair_mean, w, lv)  # noqa: E731
@@ -808,6 +977,8 @@ def _finish(raw: dict) -> dict:
         out[name] = {"value": stats._round(point, 6), "ci95": [stats._round(lo, 6), stats._round(hi, 6)], "n": n}
         if name == "pairwise_accuracy" and pairs is not None:
             out[name]["pairs"] = pairs
+        if name.endswith("_per_prompt") and raw.get("_per_prompt"):
+            out[name]["prompts"] = raw["_per_prompt"]["prompts"]
     return out
 
 
@@ -824,38 +995,31 @@ def _alphas(matrix, kind, discrete, rs) -> dict:
     return out
 
 
-def _ceiling(ref: _Reference, ctx, cat_masks, min_rater_items: int) -> dict | None:
-    """Leave-one-rater-out: each rater vs the mean (majority) of the others, averaged over raters."""
-    mat = ref.matrix
-    used, raws = [], []
+def _ceiling(ref: _Reference, ctx, cat_masks, min_rater_items: int, loo: protocol.LooTargets) -> dict | None:
+    """Leave-one-rater-out: each rater vs the mean (majority) of the others, averaged over raters; the
+    per-rater values are kept (`per_rater`), so one deviant rater is visible."""
+    raws, per_rater = [], {}
     per_cat_raws: dict[str, list] = {c: [] for c in cat_masks}
-    for j, r in enumerate(ref.raters):
-        x = mat[:, j]
-        others = np.delete(mat, j, axis=1)
-        has_other = np.isfinite(others).sum(1) >= 1
-        x = np.where(has_other, x, np.nan)
-        if np.isfinite(x).sum() < min_rater_items:
-            continue
-        with np.errstate(invalid="ignore"):
-            om = np.nanmean(np.where(np.isfinite(others), others, np.nan), axis=1) if others.shape[1] else x * np.nan
-        omaj = _majority(others)
-        if ref.kind == "choice":
-            om = np.sign(om)
-        used.append(r)
-        raws.append(_compare(x, ref.kind, om, omaj, ref.values, ctx))
+    for e in loo.entries:
+        raw = _compare(e["x"], ref.kind, e["mean"], e["majority"], ref.values, ctx, x4=e["x4"], ref4=e["ref4"])
+        raws.append(raw)
+        per_rater[e["rater"]] = {"n_items": int(e["mask"].sum()), "metrics": _finish(raw)}
         for c, m in cat_masks.items():
-            per_cat_raws[c].append(_compare(x, ref.kind, om, omaj, ref.values, ctx, mask=m))
-    if not used:
+            per_cat_raws[c].append(_compare(e["x"], ref.kind, e["mean"], e["majority"], ref.values, ctx, mask=m,
+                                            x4=e["x4"], ref4=e["ref4"], per_prompt=False))
+    if not raws:
         return None
     return {"method": f"leave-one-rater-out: each rater with >= {min_rater_items} items vs the mean of the "
                       f"other raters (majority for accuracy, kappa, nominal alpha), averaged over raters",
-            "n_raters": len(used), "raters": used[:50],
+            "n_raters": len(raws), "raters": loo.raters[:50],
             "metrics": _average_raws(raws),
+            "per_rater": per_rater,
             "per_category": {c: {"metrics": _average_raws(v)} for c, v in per_cat_raws.items() if v}}
 
 
 def _average_raws(raws: list[dict]) -> dict:
-    names = [k for k in raws[0] if not k.startswith("_")]
+    """Metrics averaged over raters (point and each resample); a rater where a metric is undefined is left out."""
+    names = list(dict.fromkeys(k for r in raws for k in r if not k.startswith("_")))
     out = {}
     for name in names:
         vals = [r[name] for r in raws if name in r]
@@ -878,12 +1042,16 @@ def _baselines(ref: _Reference, ctx, seed: int) -> dict:
     out = {}
     if ref.kind == "choice":
         rand = rng.choice([-1.0, 1.0], size=n)
-        out["random"] = {"description": "picks one image of each pair at random",
+        rand4 = rng.choice([stats.C4_A, stats.C4_B, stats.C4_TIE, stats.C4_BOTH_BAD], size=n)
+        out["random"] = {"description": "picks one image of each pair at random (four-way: one of the four answers)",
                          "metrics": _finish(_compare(np.where(has, rand, np.nan), "choice", ref.mean, ref.majority,
-                                                     ref.values, ctx))}
+                                                     ref.values, ctx, x4=np.where(has, rand4, np.nan),
+                                                     ref4=ref.ref4))}
         first = np.where(has, ref.first_sign, np.nan)
+        first4 = np.where(has, np.where(ref.first_sign > 0, stats.C4_A, stats.C4_B), np.nan)
         out["always_first"] = {"description": "always picks the image shown first",
-                               "metrics": _finish(_compare(first, "choice", ref.mean, ref.majority, ref.values, ctx))}
+                               "metrics": _finish(_compare(first, "choice", ref.mean, ref.majority, ref.values, ctx,
+                                                           x4=first4, ref4=ref.ref4))}
         return out
     if ref.discrete:
         rand = rng.choice(ref.values, size=n)

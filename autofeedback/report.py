@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 METRIC_NAMES = {
-    "spearman": "Spearman ρ", "kendall_tau_b": "Kendall τ-b", "pairwise_accuracy": "pairwise acc.",
+    "spearman": "Spearman ρ", "kendall_tau_b": "Kendall τ-b", "kendall_tau_c": "Kendall τ-c",
+    "pairwise_accuracy": "pairwise acc.", "accuracy_4way": "4-way acc.",
     "accuracy": "accuracy", "cohen_kappa": "Cohen κ", "alpha_nominal": "α nominal", "alpha_ordinal": "α ordinal",
-    "alpha_interval": "α interval",
+    "alpha_interval": "α interval", "spearman_per_prompt": "ρ within prompt",
+    "kendall_tau_b_per_prompt": "τ-b within prompt", "kendall_tau_c_per_prompt": "τ-c within prompt",
 }
+CELL = 23  # "0.592 [0.542, 0.641]" and room for minus signs
 COLORS = ["#3b6fb6", "#d9822b", "#4f9a57", "#b8483e", "#7d5ba6", "#8c6d46", "#cc79a7", "#5f6b73"]
 
 
@@ -35,23 +38,41 @@ def _fmt(m: dict | None, pct: bool = False) -> str:
 
 
 def _columns(agreement: dict) -> list[str]:
-    cols = ["pairwise_accuracy"] if agreement["primary_metric"] == "pairwise_accuracy" else \
-        ["spearman", "kendall_tau_b", "pairwise_accuracy"]
+    if agreement["primary_metric"] == "pairwise_accuracy":
+        cols = ["pairwise_accuracy"]
+        if (agreement["human"].get("answers4") or {}).get("both_bad"):
+            cols.append("accuracy_4way")   # four answers: as arena benchmarks report it
+    else:
+        cols = ["spearman", "kendall_tau_b", "kendall_tau_c", "pairwise_accuracy"]
     for extra in ("accuracy", "cohen_kappa"):
         if any(extra in j.get("metrics", {}) for j in agreement["judges"].values()):
             cols.append(extra)
     return cols
 
 
-def agreement_rows(agreement: dict) -> list[tuple[str, str, dict, int | None]]:
-    """(label, kind, metrics, n_items) rows: judges sorted by the primary metric, then ceiling, baselines."""
+def _loo_columns(agreement: dict) -> list[str]:
+    cols = [c for c in _columns(agreement) if c != "kendall_tau_c"] + ["spearman_per_prompt"]
+    ceiling = ((agreement["human"] or {}).get("ceiling") or {}).get("metrics") or {}
+    return [c for c in cols if c in ceiling]
+
+
+def _sorted_judges(agreement: dict, key: str = "metrics"):
     primary = agreement["primary_metric"]
-    judges = sorted(agreement["judges"].items(),
-                    key=lambda kv: -((kv[1].get("metrics", {}).get(primary) or {}).get("value") or -9))
-    rows = [(name, "judge", j.get("metrics", {}), j.get("n_items")) for name, j in judges]
-    ceiling = (agreement["human"] or {}).get("ceiling")
-    if ceiling:
-        rows.append((f"human ceiling ({ceiling['n_raters']} raters, LOO)", "ceiling", ceiling["metrics"], None))
+    return sorted(agreement["judges"].items(),
+                  key=lambda kv: -(((kv[1].get(key) or {}).get(primary) or {}).get("value") or -9))
+
+
+def agreement_rows(agreement: dict, target: str = "all") -> list[tuple[str, str, dict, int | None]]:
+    """(label, kind, metrics, n_items) rows. target "all": judges (vs the mean of all raters) and baselines;
+    "loo": judges vs the leave-one-rater-out means (metrics_loo) and the human ceiling - the same target."""
+    if target == "loo":
+        rows = [(name, "judge", j.get("metrics_loo") or {}, j.get("n_items"))
+                for name, j in _sorted_judges(agreement, "metrics_loo") if j.get("metrics_loo")]
+        ceiling = (agreement["human"] or {}).get("ceiling")
+        if ceiling:
+            rows.append((f"human ceiling ({ceiling['n_raters']} raters, LOO)", "ceiling", ceiling["metrics"], None))
+        return rows
+    rows = [(name, "judge", j.get("metrics", {}), j.get("n_items")) for name, j in _sorted_judges(agreement)]
     for name, b in agreement["baselines"].items():
         if name == "clip_score":
             continue
@@ -59,43 +80,143 @@ def agreement_rows(agreement: dict) -> list[tuple[str, str, dict, int | None]]:
     return rows
 
 
+def _table(rows, cols, width=None, n_col: bool = True) -> list[str]:
+    width = width or max([len(r[0]) for r in rows] + [10]) + 2
+    header = f"{'':<{width}}" + (f"{'n':>5}  " if n_col else "") + "".join(f"{METRIC_NAMES[c]:<{CELL}}" for c in cols)
+    out = [header, "-" * len(header.rstrip())]
+    for label, _, m, n in rows:
+        cells = "".join(f"{_fmt(m.get(c)):<{CELL}}" for c in cols)
+        out.append(f"{label:<{width}}" + (f"{'' if n is None else n:>5}  " if n_col else "") + cells)
+    return out
+
+
+def _boot_line(ag: dict) -> str:
+    b = ag["bootstrap"]
+    unit = (f"cluster bootstrap over prompts (prompt_id, {b.get('n_units')} prompts)" if b.get("unit") == "prompt_id"
+            else "bootstrap over items")
+    line = f"[95% CI]: {unit}, {b['n']} resamples"
+    if ag["primary_metric"] == "pairwise_accuracy":
+        line += f"; tie policy '{ag['tie_policy']}'"
+        if ag.get("failed_policy"):
+            line += f"; failed judge answers counted {'as ' if ag['failed_policy'] == 'tie' else ''}" \
+                    f"{ag['failed_policy'] if ag['failed_policy'] != 'drop' else 'nowhere (dropped)'} (--failed)"
+    else:
+        line += f"; pairwise accuracy over {ag['pairwise_unit']}, tie policy '{ag['tie_policy']}'"
+    return line
+
+
+def agreement_terminal(ag: dict) -> list[str]:
+    h = ag["human"]
+    lines = [f"agreement with human labels ({h['source']}: {h['n_items']} items, {h['n_raters']} raters, "
+             f"{h['ratings_per_item']:g} ratings/item)"]
+    cols = _columns(ag)
+    lines.append(f"judges vs the mean of all {h['n_raters']} raters (the majority for accuracy and κ):")
+    lines += _table(agreement_rows(ag), cols)
+    if h.get("answers4"):
+        a = h["answers4"]
+        lines.append("human answers: " + ", ".join(f"{k} {v}" for k, v in a.items())
+                     + ("; 4-way acc. = exact match of A / B / tie / both bad ([[A=B]] from a judge matches tie and "
+                        "both bad), as arena benchmarks report it" if a.get("both_bad") else ""))
+        failed = {k: j.get("n_failed") for k, j in ag["judges"].items() if j.get("n_failed")}
+        if failed:
+            lines.append("judge items without a usable answer: " + ", ".join(f"{k} {v}" for k, v in failed.items())
+                         + f" (counted {ag.get('failed_policy')}; --failed wrong|tie|drop)")
+    skipped = [name for name, j in ag["judges"].items() if j.get("scale_status") == "skipped"]
+    if skipped:
+        hv = h.get("values")
+        hs = "yes/no" if h["kind"] == "label" else (
+            f"{len(hv)} values {min(hv):g}–{max(hv):g}" if hv else "continuous")
+        lines.append(f"scales: accuracy, κ and α skipped for {len(skipped)} judge(s) not on the human scale ({hs}): "
+                     + ", ".join(skipped[:8]) + (", ..." if len(skipped) > 8 else "")
+                     + "; --judge-threshold T|auto|NAME=T compares aligned (judge >= T) vs not, --judge-scale "
+                       "NAME=LO:HI rescales onto the human values (each judge's reason and its default 'aligned' "
+                       "threshold: metrics.json agreement.judges.NAME.scale)")
+    for name, j in ag["judges"].items():
+        if j.get("scale_status") == "converted":
+            lines.append(f"scale: {name}: {j['scale']}")
+    ceiling = h.get("ceiling")
+    lcols = _loo_columns(ag)
+    if ceiling and lcols:
+        k = h["n_raters"] - 1
+        lines += ["", f"judges and the human ceiling on the same target: each vs the mean of the other "
+                      f"{k if k > 1 else 'rater'}{' raters' if k > 1 else ''} (leave one rater out), averaged over "
+                      f"the {ceiling['n_raters']} left-out raters:"]
+        lines += _table(agreement_rows(ag, "loo"), lcols)
+        primary = ag["primary_metric"]
+        per = ceiling.get("per_rater") or {}
+        if per:
+            vals = sorted(per.items(), key=lambda kv: ((kv[1]["metrics"].get(primary) or {}).get("value") or -9))
+            shown = vals if len(vals) <= 6 else vals[:3] + vals[-3:]
+            lines.append(f"  ceiling per left-out rater ({METRIC_NAMES[primary]}, rater vs the others"
+                         + ("; lowest 3 and highest 3" if len(vals) > 6 else "") + "): "
+                         + ", ".join(f"{r} {_fmt(v['metrics'].get(primary))}" for r, v in shown))
+    elif not ceiling:
+        lines.append("one rating per item: no human ceiling, and no leave-one-rater-out scores")
+    pp = [c for c in ("spearman_per_prompt", "kendall_tau_b_per_prompt", "kendall_tau_c_per_prompt")
+          if any(c in j.get("metrics", {}) for j in ag["judges"].values())]
+    if pp:
+        n_prompts = h.get("n_prompts")
+        lines += ["", f"within prompts: the mean over prompts of the within-prompt statistic vs the mean of all "
+                      f"raters (CI over the {n_prompts} prompts; a prompt where the judge or the humans are constant "
+                      f"is left out, n = prompts used; the ceiling's value is in the same-target table above):"]
+        rows = [(name, "judge", j.get("metrics", {}), (j["metrics"].get(pp[0]) or {}).get("n"))
+                for name, j in _sorted_judges(ag)]
+        lines += _table(rows, pp)
+    lines += _category_lines(ag)
+    if h.get("alpha"):
+        lines.append("human–human Krippendorff's α: " + ", ".join(
+            f"{lv} {_fmt(a)}" for lv, a in h["alpha"].items() if a))
+    lines.append(_boot_line(ag))
+    for w in ag.get("warnings", []):
+        lines.append(f"warning: {w}")
+    return lines
+
+
+def _category_lines(ag: dict, k: int = 3) -> list[str]:
+    """Per category, the best judge's primary metric: every category when there are few, else the top and
+    bottom k."""
+    cats = ag["human"].get("categories") or []
+    primary = ag["primary_metric"]
+    judges = [(n, j) for n, j in _sorted_judges(ag) if j.get("per_category")]
+    if len(cats) < 2 or not judges:
+        return []
+    name, j = judges[0]
+    vals = [(c, v) for c, v in j["per_category"].items() if (v["metrics"].get(primary) or {}).get("value") is not None]
+    vals.sort(key=lambda cv: -cv[1]["metrics"][primary]["value"])
+    out = ["", f"per category ({METRIC_NAMES[primary]} of the best judge, {name}, vs the mean of all raters"
+               + (f"; top {k} and bottom {k} of {len(vals)}" if len(vals) > 2 * k else "") + "):"]
+    width = max(len(c) for c, _ in vals) + 2
+    show = vals if len(vals) <= 2 * k else vals[:k] + [None] + vals[-k:]
+    for cv in show:
+        if cv is None:
+            out.append("  ...")
+            continue
+        c, v = cv
+        out.append(f"  {c:<{width}}{v['n_items']:>5} items  {_fmt(v['metrics'][primary])}")
+    return out
+
+
 def format_terminal(metrics: dict) -> str:
     lines: list[str] = []
     ag = metrics.get("agreement")
     if ag:
-        h = ag["human"]
-        lines.append(f"agreement with human labels ({h['source']}: {h['n_items']} items, {h['n_raters']} raters, "
-                     f"{h['ratings_per_item']:g} ratings/item; reference = mean of raters)")
-        cols = _columns(ag)
-        rows = agreement_rows(ag)
-        width = max([len(r[0]) for r in rows] + [10]) + 2
-        header = f"{'':<{width}}{'n':>5}  " + "".join(f"{METRIC_NAMES[c]:<24}" for c in cols)
-        lines += [header, "-" * len(header.rstrip())]
-        for label, _, m, n in rows:
-            cells = "".join(f"{_fmt(m.get(c)):<24}" for c in cols)
-            lines.append(f"{label:<{width}}{'' if n is None else n:>5}  {cells}")
-        if h.get("alpha"):
-            lines.append("human–human Krippendorff's α: " + ", ".join(
-                f"{lv} {_fmt(a)}" for lv, a in h["alpha"].items() if a))
-        lines.append(f"[95% CI]: bootstrap over items, {ag['bootstrap']['n']} resamples; pairwise accuracy over "
-                     f"{ag['pairwise_unit']}, tie policy '{ag['tie_policy']}'")
-        for w in ag.get("warnings", []):
-            lines.append(f"warning: {w}")
+        lines += agreement_terminal(ag)
     lines += ensemble_terminal(metrics.get("ensembles"), metrics.get("calibration"), ag)
     health = metrics.get("judge_health") or {}
     flagged = {k: v for k, v in health.items()
                if v["error_rate"] > 0 or v.get("position_consistency") or v.get("first_position_rate")}
     if flagged:
         lines.append("")
-        lines.append("judge health:")
+        lines.append("judge health (every status, share of rows):")
         for name, v in flagged.items():
             extra = ""
             if v.get("position_consistency"):
                 extra += f", position consistency {_fmt(v['position_consistency'], True)}"
             if v.get("first_position_rate"):
                 extra += f", picks first shown {_fmt(v['first_position_rate'], True)}"
-            lines.append(f"  {name}: {v['n_rows']} rows, ok {100 * v['ok_rate']:.1f}%, refused "
-                         f"{100 * v['refusal_rate']:.1f}%, parse errors {100 * v['parse_error_rate']:.1f}%{extra}")
+            st = sorted(v["status"].items(), key=lambda kv: (kv[0] != "ok", -kv[1], kv[0]))
+            lines.append(f"  {name}: {v['n_rows']} rows: " + ", ".join(
+                f"{k} {100 * c / v['n_rows']:.1f}%" for k, c in st) + extra)
     ba = metrics.get("before_after")
     if ba:
         lines.append("")
@@ -115,36 +236,67 @@ def format_terminal(metrics: dict) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def ensemble_rows(ens: dict, ag: dict) -> list[tuple[str, str, dict, int | None]]:
-    """(label, kind, metrics, n) rows side by side: each member judge, each ensemble, the human ceiling."""
+ENS_COLS = [("spearman", "all"), ("pairwise_accuracy", "all"), ("spearman", "loo"), ("pairwise_accuracy", "loo")]
+
+
+def _ens_header(c: tuple[str, str]) -> str:
+    return METRIC_NAMES[c[0]] + (" LOO" if c[1] == "loo" else "")
+
+
+def _ens_cell(row: dict, c: tuple[str, str]) -> dict | None:
+    return (row.get("metrics" if c[1] == "all" else "metrics_loo") or {}).get(c[0])
+
+
+def ensemble_rows(ens: dict, ag: dict, part: str = "in_sample") -> list[tuple[str, str, dict, int | None]]:
+    """(label, kind, {"metrics", "metrics_loo"}, n) rows. part "nested": the nested-selected ensembles and the
+    ceiling; "in_sample": each member judge and each ensemble of all members."""
     primary = ens["primary_metric"]
-    rows = [(name, "judge", ag["judges"][name]["metrics"], ag["judges"][name]["n_items"]) for name in ens["members"]]
-    rows.sort(key=lambda r: -((r[2].get(primary) or {}).get("value") or -9))
+    ceiling = ("human ceiling (LOO)", "ceiling", {"metrics": {}, "metrics_loo": ens["ceiling"] or {}}, None)
+    if part == "nested":
+        rows = [(f"ensemble: {m} (nested)", "ensemble", r, r["n_items"])
+                for m, r in ((ens.get("nested") or {}).get("results") or {}).items()]
+        return rows + ([ceiling] if ens.get("ceiling") else [])
+    rows = [(name, "judge", ag["judges"][name], ag["judges"][name]["n_items"]) for name in ens["members"]]
+    rows.sort(key=lambda r: -((r[2]["metrics"].get(primary) or {}).get("value") or -9))
     for method, r in ens["results"].items():
         label = f"ensemble: {method}" + (" (out-of-fold)" if r["out_of_fold"] else "")
-        rows.append((label, "ensemble", r["metrics"], r["n_items"]))
-    if ens.get("ceiling"):
-        rows.append(("human ceiling (rater vs rater)", "ceiling", ens["ceiling"], None))
-    return rows
+        rows.append((label, "ensemble", r, r["n_items"]))
+    return rows + ([ceiling] if ens.get("ceiling") else [])
+
+
+def _ens_table(rows) -> list[str]:
+    width = max(len(r[0]) for r in rows) + 2
+    header = f"{'':<{width}}{'n':>5}  " + "".join(f"{_ens_header(c):<{CELL}}" for c in ENS_COLS)
+    out = [header, "-" * len(header.rstrip())]
+    for label, _, r, n in rows:
+        out.append(f"{label:<{width}}{'' if n is None else n:>5}  " + "".join(f"{_fmt(_ens_cell(r, c)):<{CELL}}"
+                                                                            for c in ENS_COLS))
+    return out
 
 
 def ensemble_terminal(ens: dict | None, cal: dict | None, ag: dict | None) -> list[str]:
     lines: list[str] = []
     if ens and ag:
-        cols = ["spearman", "kendall_tau_b", "pairwise_accuracy"]
-        rows = ensemble_rows(ens, ag)
-        width = max(len(r[0]) for r in rows) + 2
-        header = f"{'':<{width}}{'n':>5}  " + "".join(f"{METRIC_NAMES[c]:<24}" for c in cols)
-        lines += ["", f"judge ensembles of {len(ens['members'])} judges (learned: {ens['folds']}-fold cross-fitting "
-                      f"grouped by {ens['fold_unit']}, out-of-fold predictions only)", header,
-                  "-" * len(header.rstrip())]
-        for label, _, m, n in rows:
-            lines.append(f"{label:<{width}}{'' if n is None else n:>5}  " + "".join(f"{_fmt(m.get(c)):<24}"
-                                                                                  for c in cols))
+        nested = ens.get("nested")
+        lines += ["", f"judge ensembles of {len(ens['members'])} judges ({', '.join(ens['members'])}); LOO = vs the "
+                      f"mean of the other raters, averaged over left-out raters: the human ceiling's target"]
+        if nested:
+            lines.append(f"HONEST (nested selection, out-of-sample): members and weights chosen inside each training "
+                         f"fold, scored on the held-out fold; {nested['folds']} folds grouped by {nested['fold_unit']} "
+                         f"x {nested['repeats']} fold seeds, the seeds' spread inside the CI:")
+            lines += _ens_table(ensemble_rows(ens, ag, "nested"))
+            freq = sorted(nested["selection_frequency"].items(), key=lambda kv: -(kv[1] or 0))
+            lines.append("  selected in (share of training folds): " + ", ".join(
+                f"{k} {100 * (v or 0):.0f}%" for k, v in freq))
+        lines.append(f"IN-SAMPLE (all {len(ens['members'])} members given; learned ones {ens['folds']}-fold "
+                     f"cross-fitted by {ens['fold_unit']}): picking a row here, or a step of the greedy path, "
+                     f"tunes on these items")
+        lines += _ens_table(ensemble_rows(ens, ag))
         sel = ens.get("selection")
         if sel and sel["steps"]:
             budget = "no budget" if sel["budget_usd"] is None else f"budget ${sel['budget_usd']:g}"
-            lines.append(f"greedy selection ({budget}; z-mean Spearman; most gain per dollar, free judges first):")
+            lines.append(f"greedy selection, IN-SAMPLE path ({budget}; z-mean Spearman; most gain per dollar, free "
+                         f"judges first):")
             for k, st in enumerate(sel["steps"], 1):
                 lines.append(f"  {k}. + {st['judge']:<28} ${st['cost_usd']:<8.4g} total ${st['total_cost_usd']:<8.4g} "
                              f"{_fmt(st['metric'])}  (+{st['gain']:.3f})")
@@ -174,8 +326,9 @@ def _figure(w: float, h: float):
 
 def plot_agreement(ag: dict) -> str | None:
     """Forest plot: each judge, the ceiling and the baselines, one panel per metric, with 95% CIs."""
-    cols = _columns(ag)[:3]
-    rows = agreement_rows(ag)
+    loo = bool((ag["human"] or {}).get("ceiling")) and bool(_loo_columns(ag))
+    cols = (_loo_columns(ag) if loo else _columns(ag))[:3]
+    rows = agreement_rows(ag, "loo") if loo else agreement_rows(ag)
     if not rows:
         return None
     fig = _figure(3.6 * len(cols) + 1.5, 0.42 * len(rows) + 1.2)
@@ -199,7 +352,8 @@ def plot_agreement(ag: dict) -> str | None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(ypos)
     axes[0].set_yticklabels([r[0] for r in rows], fontsize=8)
-    fig.suptitle("Agreement with human labels (95% bootstrap CI)", fontsize=11)
+    fig.suptitle("Agreement with human labels (95% bootstrap CI)" + (
+        "; judges and ceiling on the same leave-one-rater-out target" if loo else ""), fontsize=11)
     return _png(fig)
 
 
@@ -377,17 +531,37 @@ def _agreement_html(ag: dict) -> str:
     cols += extra
     out = ['<section id="agreement"><h2>Agreement with human labels</h2>',
            f'<p>{_e(h["source"])}: <b>{h["n_items"]}</b> items, <b>{h["n_raters"]}</b> raters, '
-           f'{h["ratings_per_item"]:g} ratings per item ({_e(h["kind"])} ratings). Reference: the mean of the raters '
-           f'per item (the majority for accuracy, κ and nominal α). Pairwise accuracy counts '
+           f'{h["ratings_per_item"]:g} ratings per item ({_e(h["kind"])} ratings). Reference of this table: the mean '
+           f'of all raters per item (the majority for accuracy, κ and nominal α). Pairwise accuracy counts '
            f'{_e(ag["pairwise_unit"])}, '
-           f'tie policy <code>{_e(ag["tie_policy"])}</code>. 95% CIs: percentile bootstrap over items, '
-           f'{ag["bootstrap"]["n"]} resamples.</p>']
-    out.append('<table class="sortable"><thead><tr><th>judge</th><th>items</th>'
-               + "".join(f"<th>{_e(METRIC_NAMES[c])}</th>" for c in cols) + "</tr></thead><tbody>")
-    for label, kind, m, n in agreement_rows(ag):
-        out.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
-                   f'{"" if n is None else n}</td>' + "".join(_cell(m.get(c)) for c in cols) + "</tr>")
-    out.append("</tbody></table>")
+           f'tie policy <code>{_e(ag["tie_policy"])}</code>. {_e(_boot_line(ag))}.</p>']
+    out.append(_html_table(agreement_rows(ag), cols, "judge"))
+    for name, j in ag["judges"].items():
+        if j.get("scale"):
+            out.append(f'<p class="muted">scale: <code>{_e(name)}</code>: {_e(j["scale"])}</p>')
+    if h.get("answers4"):
+        out.append('<p class="muted">Human answers: ' + _e(", ".join(f"{k} {v}" for k, v in h["answers4"].items()))
+                   + ". 4-way accuracy: exact match of A / B / tie / both bad (a judge's [[A=B]] matches tie and both "
+                     f"bad); failed judge answers: <code>{_e(ag.get('failed_policy'))}</code>.</p>")
+    lcols = _loo_columns(ag)
+    if h.get("ceiling") and lcols:
+        out.append("<h3>Judges and the human ceiling on the same target</h3><p>Each judge and each rater against the "
+                   "mean of the <i>other</i> raters (leave one rater out), averaged over the left-out raters: the "
+                   "ceiling's target, so the two can be compared.</p>")
+        out.append(_html_table(agreement_rows(ag, "loo"), lcols, "judge"))
+        per = h["ceiling"].get("per_rater") or {}
+        if per:
+            out.append("<p>Ceiling per left-out rater (a deviant rater shows here):</p>")
+            out.append(_html_table([(r, "ceiling", v["metrics"], v["n_items"]) for r, v in per.items()], lcols,
+                                   "rater"))
+    pp = [c for c in ("spearman_per_prompt", "kendall_tau_b_per_prompt", "kendall_tau_c_per_prompt")
+          if any(c in j.get("metrics", {}) for j in ag["judges"].values())]
+    if pp:
+        out.append("<h3>Within prompts</h3><p>Mean over prompts of the within-prompt statistic (CI over prompts; "
+                   "prompts where the judge or the humans are constant are left out; n = prompts used).</p>")
+        rows = [(name, "judge", j.get("metrics", {}), (j["metrics"].get(pp[0]) or {}).get("n"))
+                for name, j in _sorted_judges(ag)]
+        out.append(_html_table(rows, pp, "judge"))
     for title, fn in (("agreement plot", plot_agreement), ("per-category plot", plot_categories)):
         b64 = fn(ag)
         if b64:
@@ -409,14 +583,24 @@ def _agreement_html(ag: dict) -> str:
             out.append(_img(b64, "alpha plot"))
     ceiling = h.get("ceiling")
     if ceiling:
-        out.append(f'<p class="muted">Ceiling: {_e(ceiling["method"])} ({ceiling["n_raters"]} raters). A judge '
-                   "compared with the mean of all raters has a slightly easier target than one rater with the mean "
-                   "of the others.</p>")
+        out.append(f'<p class="muted">Ceiling: {_e(ceiling["method"])} ({ceiling["n_raters"]} raters). Compare it '
+                   "with the judges' leave-one-rater-out rows above (the same target), not with the first table "
+                   "(the mean of all raters is an easier target).</p>")
     else:
         out.append('<p class="muted">One rating per item: no human–human ceiling.</p>')
     for w in ag.get("warnings", []):
         out.append(f'<p class="warn">warning: {_e(w)}</p>')
     out.append("</section>")
+    return "".join(out)
+
+
+def _html_table(rows, cols, first: str) -> str:
+    out = [f'<table class="sortable"><thead><tr><th>{_e(first)}</th><th>items</th>'
+           + "".join(f"<th>{_e(METRIC_NAMES[c])}</th>" for c in cols) + "</tr></thead><tbody>"]
+    for label, kind, m, n in rows:
+        out.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
+                   f'{"" if n is None else n}</td>' + "".join(_cell(m.get(c)) for c in cols) + "</tr>")
+    out.append("</tbody></table>")
     return "".join(out)
 
 
@@ -445,22 +629,35 @@ def plot_reliability(cal: dict, max_curves: int = 8) -> str | None:
 def _ensembles_html(ens: dict | None, cal: dict | None, ag: dict | None) -> str:
     out = ['<section id="ensembles"><h2>Judge ensembles and calibration</h2>']
     if ens and ag:
-        cols = ["spearman", "kendall_tau_b", "pairwise_accuracy"]
-        out.append(f'<p>{len(ens["members"])} member judges; <code>zmean</code>, <code>rankmean</code> and '
+        def table(rows):
+            t = ['<table class="sortable"><thead><tr><th>judge / ensemble</th><th>items</th>'
+                 + "".join(f"<th>{_e(_ens_header(c))}</th>" for c in ENS_COLS) + "</tr></thead><tbody>"]
+            for label, kind, r, n in rows:
+                t.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
+                         f'{"" if n is None else n}</td>' + "".join(_cell(_ens_cell(r, c)) for c in ENS_COLS) + "</tr>")
+            t.append("</tbody></table>")
+            return "".join(t)
+
+        nested = ens.get("nested")
+        if nested:
+            out.append(f"<h3>Honest: nested selection (out-of-sample)</h3><p>{_e(nested['protocol'])}. LOO columns: "
+                       "against the mean of the other raters, the human ceiling's target. Selected in (share of "
+                       "training folds): " + _e(", ".join(f"{k} {100 * (v or 0):.0f}%" for k, v in
+                                                        nested["selection_frequency"].items())) + ".</p>")
+            out.append(table(ensemble_rows(ens, ag, "nested")))
+        out.append(f'<h3>In-sample: all {len(ens["members"])} members given</h3><p><b>Picking a row of this table, '
+                   f'or a step of the greedy path below, after seeing it is tuning on these items.</b> '
+                   f'<code>zmean</code>, <code>rankmean</code> and '
                    f'<code>vote</code> use no human labels; <code>learned</code> (ridge on z-scores, fitted to the '
                    f'human mean) and <code>logistic</code> (P(aligned)) are cross-fitted over {ens["folds"]} folds '
-                   f'grouped by <code>{_e(ens["fold_unit"])}</code>: every number is on out-of-fold predictions. '
+                   f'grouped by <code>{_e(ens["fold_unit"])}</code>: their weights are out-of-fold. '
                    f'Missing scores: {_e(ens["missing"])}.</p>')
-        out.append('<table class="sortable"><thead><tr><th>judge / ensemble</th><th>items</th>'
-                   + "".join(f"<th>{_e(METRIC_NAMES[c])}</th>" for c in cols) + "</tr></thead><tbody>")
-        for label, kind, m, n in ensemble_rows(ens, ag):
-            out.append(f'<tr class="{kind}"><td>{_e(label)}</td><td data-v="{n if n is not None else ""}">'
-                       f'{"" if n is None else n}</td>' + "".join(_cell(m.get(c)) for c in cols) + "</tr>")
-        out.append("</tbody></table>")
+        out.append(table(ensemble_rows(ens, ag)))
         sel = ens.get("selection")
         if sel and sel["steps"]:
             budget = "no budget" if sel["budget_usd"] is None else f"budget ${sel['budget_usd']:g}"
-            out.append(f"<h3>Greedy judge selection ({_e(budget)})</h3><p>Each step adds the judge with the largest "
+            out.append(f"<h3>Greedy judge selection, in-sample ({_e(budget)})</h3><p>Each step adds the judge with "
+                       "the largest "
                        "gain in the z-mean's Spearman ρ per dollar (free judges first). Costs: "
                        + ", ".join(f"<code>{_e(j)}</code> ${c:g} ({_e(sel['cost_source'][j])})"
                                    for j, c in sel["costs_usd"].items()) + f". {_e(sel['note'])}.</p>")

@@ -19,6 +19,14 @@ Statistics (x = judge or rater, y = reference; NaN = missing, dropped pairwise):
     choice_accuracy                 the same tie policies for pairwise choices coded +1 / -1 / 0 (tie)
     krippendorff_alpha              several raters, missing values allowed; nominal / ordinal /
                                     interval / ratio metric (Krippendorff 2011, coincidence matrix)
+    kendall_tau_c, w_kendall_taus   Stuart's tau-c (scipy variant="c"), and tau-b / tau-c sharing one pass
+    group_stats, w_group_mean       per-group (per-prompt) Spearman / tau-b / tau-c and pair counts; the mean
+                                    over groups, for groups resampled whole
+    w_grouped_pairwise_accuracy     pairwise accuracy within groups when groups are resampled whole
+    w_choice4_accuracy              four-way pairwise answers (A, B, tie, both bad) as arena benchmarks count them
+
+Cluster bootstrap: Resampler(..., clusters=codes) draws whole clusters (e.g. prompts); an item's weight is
+its cluster's draw count (unit_weights() gives the cluster counts themselves).
 
 Tie policies (TIE_POLICIES), for pairs the reference orders (y_i != y_j) and the judge ties:
     half   counts 1/2 (the judge's expected score if it broke ties at random); pairs the reference
@@ -50,30 +58,75 @@ class Resampler:
     stays at about `max_cells` floats whatever n and B are.
     """
 
-    def __init__(self, n: int, n_boot: int = 2000, seed: int = 0, level: float = 0.95, max_cells: int = 4_000_000):
+    def __init__(self, n: int, n_boot: int = 2000, seed: int = 0, level: float = 0.95, max_cells: int = 4_000_000,
+                 clusters=None):
         if n < 0 or n_boot < 1:
             raise ValueError(f"need n >= 0 and n_boot >= 1, got n={n}, n_boot={n_boot}")
         self.n, self.n_boot, self.seed, self.level = n, n_boot, seed, level
+        self._total = n_boot  # resamples drawn (a subset() keeps only some of them)
         self.chunk = max(1, min(n_boot, max_cells // max(n, 1)))
         self._cache: list[np.ndarray] | None = None
+        # cluster bootstrap: resample whole clusters (e.g. prompts); an item's weight is its cluster's draw count
+        self.clusters = None
+        self.n_units = n
+        if clusters is not None:
+            _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+            self.clusters = codes.reshape(-1).astype(np.int64)
+            if len(self.clusters) != n:
+                raise ValueError(f"clusters has {len(self.clusters)} entries for {n} items")
+            self.n_units = int(self.clusters.max()) + 1 if n else 0
+        self._rows: tuple[int, int] | None = None  # (part, parts): only resamples b with b % parts == part
+
+    @property
+    def unit(self) -> str:
+        return "item" if self.clusters is None else "cluster"
+
+    def _draws(self):
+        """(weights over units (b, n_units), global index of the first row) per chunk."""
+        m = self.n_units
+        for k, start in enumerate(range(0, self._total, self.chunk)):
+            b = min(self.chunk, self._total - start)
+            rng = np.random.default_rng([self.seed, k])
+            idx = rng.integers(0, m, size=(b, m)) if m else np.zeros((b, 0), dtype=np.int64)
+            flat = (idx + (np.arange(b) * m)[:, None]).ravel()
+            yield np.bincount(flat, minlength=b * m).reshape(b, m).astype(np.float64), start
+
+    def _select(self, w: np.ndarray, start: int) -> np.ndarray:
+        if self._rows is None:
+            return w
+        part, parts = self._rows
+        return w[(start + np.arange(len(w))) % parts == part]
+
+    def unit_weights(self):
+        """The resamples as draw counts of the units (clusters, or items without clusters): (b, n_units)."""
+        for w, start in self._draws():
+            yield self._select(w, start)
 
     def weights(self):
         if self._cache is not None:
             yield from self._cache
             return
         chunks = []
-        for k, start in enumerate(range(0, self.n_boot, self.chunk)):
-            b = min(self.chunk, self.n_boot - start)
-            rng = np.random.default_rng([self.seed, k])
-            idx = rng.integers(0, self.n, size=(b, self.n)) if self.n else np.zeros((b, 0), dtype=np.int64)
-            flat = (idx + (np.arange(b) * self.n)[:, None]).ravel()
-            w = np.bincount(flat, minlength=b * self.n).reshape(b, self.n).astype(np.float64)
+        for w, start in self._draws():
+            if self.clusters is not None:
+                w = w[:, self.clusters]
+            w = self._select(w, start)
             w.flags.writeable = False
-            if self.chunk == self.n_boot:  # everything fits in one chunk: keep it for the next statistic
+            if self.chunk == self.n_boot == self._total:  # everything fits in one chunk: keep it for the next statistic
                 chunks.append(w)
             yield w
         if chunks:
             self._cache = chunks
+
+    def subset(self, part: int, parts: int) -> "Resampler":
+        """The same resamples, only those with index b % parts == part (for a statistic that takes turns
+        between `parts` variants, e.g. one fold split per resample)."""
+        out = Resampler.__new__(Resampler)
+        out.__dict__.update(self.__dict__)
+        out._cache = None
+        out._rows = (part, parts)
+        out.n_boot = len(range(part, self.n_boot, parts))
+        return out
 
     def apply(self, stat: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """stat(weights (b, n)) -> (b,) for every chunk; returns all B values."""
@@ -81,6 +134,13 @@ class Resampler:
             return np.full(self.n_boot, np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):  # an undefined resample is NaN, left out of the CI
             return np.concatenate([np.asarray(stat(w), dtype=np.float64).reshape(-1) for w in self.weights()])
+
+    def apply_units(self, stat: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """stat(unit weights (b, n_units)) -> (b,): for statistics that are sums over clusters."""
+        if self.n == 0:
+            return np.full(self.n_boot, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.concatenate([np.asarray(stat(w), dtype=np.float64).reshape(-1) for w in self.unit_weights()])
 
 
 def percentile_ci(boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -226,6 +286,142 @@ def w_kendall_tau_b(x, y, w=None) -> np.ndarray:
         return num / np.sqrt(untied_x * untied_y)
 
 
+def kendall_tau_c(x, y) -> float:
+    """Kendall's tau-c (Stuart's; scipy, variant="c"), NaN pairs dropped."""
+    (x, y), _ = _valid(x, y)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(_sps.kendalltau(x, y, variant="c").statistic)
+
+
+def _n_distinct(codes: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Number of distinct values with positive weight, per weight row: (B,)."""
+    order = np.argsort(codes, kind="stable")
+    cs = codes[order]
+    starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+    return (np.add.reduceat(w[:, order], starts, axis=1) > 0).sum(1)
+
+
+def w_kendall_taus(x, y, w=None) -> np.ndarray:
+    """Kendall's tau-b and tau-c per weight row, sharing the O(n^2) numerator: (B, 2).
+
+    tau-c = 2 (C - D) / (n^2 (m - 1) / m), m = min(distinct x, distinct y) (Stuart 1953; scipy's variant="c")."""
+    (x, y), w = _valid(x, y, w=w)
+    if len(x) < 2:
+        return np.full((w.shape[0], 2), np.nan)
+    tot = w.sum(1)
+    num = _sign_quadratic_form(x, y, w)                  # = 2 (C - D): ordered pairs
+    cx, cy = _group_codes(x), _group_codes(y)
+    untied_x = tot ** 2 - _sum_sq_by_group(cx, w)
+    untied_y = tot ** 2 - _sum_sq_by_group(cy, w)
+    m = np.minimum(_n_distinct(cx, w), _n_distinct(cy, w)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau_b = num / np.sqrt(untied_x * untied_y)
+        tau_c = np.where(m > 1, num / (tot ** 2 * (m - 1) / m), np.nan)
+    return np.column_stack([tau_b, tau_c])
+
+
+def w_kendall_tau_c(x, y, w=None) -> np.ndarray:
+    return w_kendall_taus(x, y, w)[:, 1]
+
+
+# ------------------------------------------------------------------------- statistics per group
+def group_stats(x, y, groups, correlations: bool = True) -> dict[str, np.ndarray]:
+    """Per group (e.g. the images of one prompt), over the items where x and y are both finite:
+    n, pairs, s (concordant - discordant pairs), tx / ty / txy (pairs tied in x / y / both), and the
+    within-group spearman, kendall_tau_b, kendall_tau_c (scipy; NaN where undefined: fewer than 2 items
+    or x or y constant in the group; the same values as scipy's spearmanr and kendalltau, computed from the
+    group's sign matrices). Arrays of length n_groups (groups coded 0..G-1 by np.unique)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    codes = codes.reshape(-1)
+    G = int(codes.max()) + 1 if len(codes) else 0
+    keys = ("n", "pairs", "s", "tx", "ty", "txy", "spearman", "kendall_tau_b", "kendall_tau_c")
+    out = {k: np.zeros(G) for k in keys}
+    for k in ("spearman", "kendall_tau_b", "kendall_tau_c"):
+        out[k][:] = np.nan
+    ok = np.isfinite(x) & np.isfinite(y)
+    order = np.argsort(codes, kind="stable")
+    order = order[ok[order]]
+    cs = codes[order]
+    bounds = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1], True]) if len(cs) else np.array([0])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        g = cs[a]
+        idx = order[a:b]
+        xs, ys = x[idx], y[idx]
+        n = len(idx)
+        sx = np.sign(xs[:, None] - xs[None, :])
+        sy = np.sign(ys[:, None] - ys[None, :])
+        pairs = n * (n - 1) / 2
+        tx = ((sx == 0).sum() - n) / 2
+        ty = ((sy == 0).sum() - n) / 2
+        txy = (((sx == 0) & (sy == 0)).sum() - n) / 2
+        out["n"][g], out["pairs"][g], out["s"][g] = n, pairs, (sx * sy).sum() / 2
+        out["tx"][g], out["ty"][g], out["txy"][g] = tx, ty, txy
+        if correlations and n >= 2 and tx < pairs and ty < pairs:   # neither side constant in the group
+            # mid-ranks from the sign matrix: rank_i = (n + 1) / 2 + sum_j sign(x_i - x_j) / 2 (= rankdata)
+            rx, ry = sx.sum(1) / 2, sy.sum(1) / 2
+            out["spearman"][g] = (rx @ ry) / np.sqrt((rx @ rx) * (ry @ ry))
+            out["kendall_tau_b"][g] = out["s"][g] / np.sqrt((pairs - tx) * (pairs - ty))
+            m = min(np.unique(xs).size, np.unique(ys).size)
+            out["kendall_tau_c"][g] = 2 * out["s"][g] / (n * n * (m - 1) / m)
+    return out
+
+
+def policy_ratio(concordant, judge_tied, ref_untied, both_untied, both_tied, total, tie_policy: str):
+    """Pairwise accuracy from pair counts under a tie policy (module doc)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if tie_policy == "half":
+            return (concordant + 0.5 * judge_tied) / ref_untied
+        if tie_policy == "wrong":
+            return concordant / ref_untied
+        if tie_policy == "drop":
+            return concordant / both_untied
+        return (concordant + both_tied) / total
+
+
+def group_pair_terms(gs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-group pair counts (unordered) from group_stats(): the terms of pairwise accuracy."""
+    both_untied = gs["pairs"] - gs["tx"] - gs["ty"] + gs["txy"]
+    ref_untied = gs["pairs"] - gs["ty"]
+    return {"concordant": (both_untied + gs["s"]) / 2, "judge_tied": ref_untied - both_untied,
+            "ref_untied": ref_untied, "both_untied": both_untied, "both_tied": gs["txy"], "total": gs["pairs"]}
+
+
+def w_grouped_pairwise_accuracy(terms: dict[str, np.ndarray], wg, tie_policy: str = "half") -> np.ndarray:
+    """Pairwise accuracy within groups when whole groups are resampled: each group's pairs counted once per
+    draw of the group (wg: (B, n_groups) draw counts). Pairs never cross groups or copies of a group."""
+    wg = _w2(wg, len(terms["total"]))
+    t = {k: wg @ v for k, v in terms.items()}
+    return policy_ratio(t["concordant"], t["judge_tied"], t["ref_untied"], t["both_untied"], t["both_tied"],
+                        t["total"], tie_policy)
+
+
+def w_group_mean(values, wg=None) -> np.ndarray:
+    """Mean over groups of a per-group statistic (NaN = undefined group, left out), per weight row."""
+    v = np.asarray(values, dtype=np.float64)
+    d = np.isfinite(v)
+    wg = _w2(wg, len(v))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (wg @ np.where(d, v, 0.0)) / (wg @ d.astype(np.float64))
+
+
+# ------------------------------------------------------------------------ four-way pairwise answers
+# A pairwise answer with four outcomes, as arena benchmarks collect them (GenAI-Arena: leftvote, rightvote,
+# tievote, bothbad_vote). Codes: A (first image better), B, TIE (both good), BOTH_BAD, TIE_ANY (a judge's
+# undifferentiated tie, e.g. "[[A=B]]": right for a human tie and for a human both-bad), WRONG (a failed
+# or position-inconsistent judge answer counted as wrong).
+C4_A, C4_B, C4_TIE, C4_BOTH_BAD, C4_TIE_ANY, C4_WRONG = 1.0, 2.0, 3.0, 4.0, 5.0, 0.0
+
+
+def w_choice4_accuracy(x, y, w=None) -> np.ndarray:
+    """Exact agreement of four-way answers: the judge's code x vs the human code y (NaN = left out)."""
+    (x, y), w = _valid(x, y, w=w)
+    right = (x == y) | ((x == C4_TIE_ANY) & np.isin(y, (C4_TIE, C4_BOTH_BAD)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w @ right.astype(np.float64)) / w.sum(1)
+
+
 # ------------------------------------------------------------------------------ pairwise accuracy
 def w_pairwise_accuracy(x, y, w=None, groups=None, tie_policy: str = "half") -> np.ndarray:
     """Share of item pairs the judge x orders like the reference y (see the module doc for ties).
@@ -286,11 +482,12 @@ def pairwise_accuracy(x, y, groups=None, tie_policy: str = "half") -> float:
 
 
 def w_choice_accuracy(x, y, w=None, tie_policy: str = "half") -> np.ndarray:
-    """Pairwise choices coded +1 (first), -1 (second), 0 (tie): the judge x vs the reference y."""
+    """Pairwise choices coded +1 (first), -1 (second), 0 (tie): the judge x vs the reference y. A judge value
+    beyond +-1 (2: a failed answer counted wrong, autofeedback.protocol) is an answer that is never right."""
     if tie_policy not in TIE_POLICIES:
         raise ValueError(f"tie_policy must be one of {TIE_POLICIES}, got {tie_policy!r}")
     (x, y), w = _valid(x, y, w=w)
-    sx, sy = np.sign(x), np.sign(y)
+    sx, sy = np.where(np.abs(x) > 1, 2.0, np.sign(x)), np.sign(y)
     right = (sx == sy) & (sy != 0)
     ref_untied = sy != 0
     judge_tied = (sx == 0) & ref_untied

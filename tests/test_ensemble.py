@@ -59,8 +59,9 @@ def test_tifa_ensembles_next_to_single_judges_and_ceiling(tifa):
     assert abs(ceiling["value"] - 0.722) < 0.002 and _ci_ok(ceiling)
     assert all(r["metrics"]["spearman"]["value"] < ceiling["value"] for r in ens["results"].values())
     # the side-by-side table in the terminal
-    for line in ("ensemble: zmean", "ensemble: learned (out-of-fold)", "human ceiling (rater vs rater)",
-                 "greedy selection", "calibration to P(aligned)"):
+    for line in ("ensemble: zmean", "ensemble: learned (out-of-fold)", "human ceiling (LOO)",
+                 "HONEST (nested selection", "ensemble: zmean (nested)", "IN-SAMPLE (all 5 members",
+                 "greedy selection, IN-SAMPLE path", "calibration to P(aligned)"):
         assert line in stdout
     html = (run_dir / "report" / "report.html").read_text()
     assert 'id="ensembles"' in html and 'alt="reliability diagram"' in html and "Greedy judge selection" in html

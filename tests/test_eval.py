@@ -52,7 +52,9 @@ def test_tifa_reproduces_published_spearman(tifa_metrics):
         rho = judges[judge]["metrics"]["spearman"]
         assert abs(rho["value"] - value) <= 0.002, (judge, rho)
         assert rho["ci95"][0] < rho["value"] < rho["ci95"][1] and rho["n"] == 800
-    assert set(judges["tifa_mplug-large"]["metrics"]) == {"spearman", "kendall_tau_b", "pairwise_accuracy"}
+    assert set(judges["tifa_mplug-large"]["metrics"]) == {
+        "spearman", "kendall_tau_b", "kendall_tau_c", "pairwise_accuracy",
+        "spearman_per_prompt", "kendall_tau_b_per_prompt", "kendall_tau_c_per_prompt"}
     assert metrics["agreement"]["baselines"]["clip_score"]["judge"] == "clipscore_vitb32"
 
 

@@ -256,3 +256,83 @@ def test_pair_kernel_chunking_does_not_change_results():
     whole = stats._sign_quadratic_form(x, y, w, g)
     assert np.array_equal(whole, stats._sign_quadratic_form(x, y, w, g, max_cells=90 * 16))
     assert np.array_equal(whole, stats._sign_quadratic_form(x, y, w, g, max_cells=1))
+
+
+# ---------------------------------------------------------------------------- issue #22 additions
+def test_kendall_tau_c_by_hand_and_on_resampled_data():
+    # x has 3 distinct values, y 2 (m = 2); concordant (0,2) (0,3) (1,2) (1,3), discordant (2,4):
+    # tau-c = 2 (4 - 1) / (5^2 (2 - 1) / 2) = 0.48
+    x = np.array([1, 1, 2, 3, 3], dtype=float)
+    y = np.array([0, 0, 1, 1, 0], dtype=float)
+    concordant = sum(1 for i in range(5) for j in range(i + 1, 5) if (x[i] - x[j]) * (y[i] - y[j]) > 0)
+    discordant = sum(1 for i in range(5) for j in range(i + 1, 5) if (x[i] - x[j]) * (y[i] - y[j]) < 0)
+    assert (concordant, discordant) == (4, 1)
+    assert stats.kendall_tau_c(x, y) == pytest.approx(0.48)
+    assert stats.kendall_tau_c(x, y) == pytest.approx(sps.kendalltau(x, y, variant="c").statistic)
+    assert stats.w_kendall_tau_c(x, y)[0] == pytest.approx(0.48)
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 4, 50).astype(float), rng.integers(0, 6, 50).astype(float)
+    for seed in range(3):
+        idx, w = _resample(seed, 50)
+        tb, tc = stats.w_kendall_taus(a, b, w)[0]
+        assert tc == pytest.approx(sps.kendalltau(a[idx], b[idx], variant="c").statistic, abs=1e-12)
+        assert tb == pytest.approx(sps.kendalltau(a[idx], b[idx], variant="b").statistic, abs=1e-12)
+
+
+def test_group_stats_equal_scipy_per_group():
+    # prompt 0: ranks agree; prompt 1: one swap; prompt 2: y constant -> undefined; prompt 3: one item
+    x = np.array([1, 2, 3, 1, 2, 3, 4, 1, 2, 5], dtype=float)
+    y = np.array([1, 2, 3, 2, 1, 3, 4, 3, 3, 1], dtype=float)
+    g = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 3])
+    gs = stats.group_stats(x, y, g)
+    assert gs["spearman"][0] == pytest.approx(1.0) and gs["kendall_tau_b"][0] == pytest.approx(1.0)
+    # prompt 1 by hand: 6 pairs, one discordant -> tau-b = (5 - 1) / 6
+    assert gs["kendall_tau_b"][1] == pytest.approx(4 / 6) and gs["s"][1] == 4
+    assert gs["spearman"][1] == pytest.approx(sps.spearmanr(x[3:7], y[3:7]).statistic)
+    assert gs["kendall_tau_c"][1] == pytest.approx(sps.kendalltau(x[3:7], y[3:7], variant="c").statistic)
+    assert np.isnan(gs["spearman"][2]) and np.isnan(gs["spearman"][3]) and gs["n"].tolist() == [3, 4, 2, 1]
+    # the mean over defined prompts, and its weighted (cluster-resampled) form
+    assert stats.w_group_mean(gs["spearman"])[0] == pytest.approx((1.0 + gs["spearman"][1]) / 2)
+    assert stats.w_group_mean(gs["spearman"], np.array([[2, 1, 5, 0]]))[0] == pytest.approx(
+        (2 * 1.0 + gs["spearman"][1]) / 3)
+
+
+def test_cluster_resampler_draws_whole_clusters():
+    clusters = np.repeat(np.arange(6), 3)
+    rs = stats.Resampler(18, 50, seed=1, clusters=clusters)
+    assert rs.unit == "cluster" and rs.n_units == 6
+    for w, wc in zip(rs.weights(), rs.unit_weights()):
+        assert (w == wc[:, clusters]).all() and (wc.sum(1) == 6).all()
+    # subsets take turns: together they are the whole set of resamples
+    full = np.concatenate(list(rs.unit_weights()))
+    parts = [np.concatenate(list(rs.subset(r, 3).unit_weights())) for r in range(3)]
+    assert sorted(map(tuple, np.vstack(parts))) == sorted(map(tuple, full))
+    assert [len(p) for p in parts] == [17, 17, 16] and rs.subset(0, 3).n_boot == 17
+
+
+@pytest.mark.parametrize("policy", stats.TIE_POLICIES)
+def test_grouped_pairwise_accuracy_equals_resampled_prompts_brute_force(policy):
+    """Whole prompts resampled: each copy of a prompt is its own group (no pairs across copies)."""
+    rng = np.random.default_rng(5)
+    G, K = 6, 4
+    g = np.repeat(np.arange(G), K)
+    x = rng.integers(0, 3, G * K).astype(float)
+    y = rng.integers(0, 3, G * K).astype(float)
+    terms = stats.group_pair_terms(stats.group_stats(x, y, g, correlations=False))
+    draw = np.array([0, 0, 2, 3, 3, 3])                    # prompt 0 twice, 3 three times
+    wg = np.bincount(draw, minlength=G)[None, :].astype(float)
+    xs, ys, gs = [], [], []
+    for copy, p in enumerate(draw):
+        xs.append(x[g == p]), ys.append(y[g == p]), gs.append(np.full(K, copy))
+    xs, ys, gs = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    expected = _brute_pairwise(xs, ys, gs, np.arange(len(xs)), policy)
+    assert stats.w_grouped_pairwise_accuracy(terms, wg, policy)[0] == pytest.approx(expected)
+    assert stats.w_grouped_pairwise_accuracy(terms, None, policy)[0] == pytest.approx(
+        stats.pairwise_accuracy(x, y, g, policy))
+
+
+def test_choice_accuracy_counts_a_failed_answer_wrong():
+    x = np.array([1, -1, 2, 0], dtype=float)       # 2: failed, counted wrong
+    y = np.array([1, 1, 1, -1], dtype=float)
+    assert stats.choice_accuracy(x, y, "half") == pytest.approx(1.5 / 4)
+    assert stats.choice_accuracy(x, y, "drop") == pytest.approx(1 / 3)
