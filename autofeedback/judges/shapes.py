@@ -1,7 +1,10 @@
 """The exact checker of the shapes world as a pointwise judge.
 
 label = aligned (all four concepts right), score = fraction of concepts right, answers = one entry
-per concept (expected vs read off the image). A prompt that is not a shapes-world prompt, or an image
+per concept (expected vs read off the image). `shapes:graded` scores the same reading with graded
+credit instead (Verdict.credits: count error, share of the right color, a soft margin on each shape's
+fill / skew), so two misaligned images still differ -- a rounded square from a round blob -- and
+pairs by score margin and score-weighted training get a signal where binary labels give none. A prompt that is not a shapes-world prompt, or an image
 that doesn't decode, is a row with status=error and the reason, never a guess.
 """
 
@@ -26,11 +29,13 @@ class ShapesJudge:
     params: dict = {}
 
     def __init__(self, arg: str | None = None, **_options) -> None:
-        if arg:
+        if arg not in (None, "graded"):
             from ..errors import InputError
 
-            raise InputError(f"the shapes judge takes no argument (got 'shapes:{arg}')")
-        self.identity = f"shapes/{TEMPLATE}"
+            raise InputError(f"the shapes judge takes no argument or 'graded' (got 'shapes:{arg}')")
+        self.graded = arg == "graded"
+        self.name = "shapes:graded" if self.graded else "shapes"
+        self.identity = f"shapes/{TEMPLATE}" + ("/graded" if self.graded else "")
 
     def judge(self, units: list[dict], emit) -> None:
         for unit in units:
@@ -63,7 +68,7 @@ class ShapesJudge:
         row.update({
             "template": TEMPLATE,
             "label": verdict.aligned,
-            "score": verdict.score,
+            "score": round(verdict.graded, 6) if self.graded else verdict.score,
             "answers": answers,
             "rationale": "aligned" if not wrong else "wrong: " + "; ".join(wrong),
             "raw_response": json.dumps(raw),

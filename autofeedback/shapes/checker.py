@@ -32,6 +32,12 @@ MIN_AREA = 6.0
 SQUARE_FILL = 0.88
 TRIANGLE_SKEW = -0.3
 CONCEPTS = ("count", "color", "shape", "background")
+FILL_SOFTNESS = 0.015  # graded credit: how soft the square/circle boundary is (in fill)
+SKEW_SOFTNESS = 0.05   # ... and the triangle boundary (in skewness)
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
 
 
 @dataclasses.dataclass
@@ -78,6 +84,30 @@ class Verdict:
     @property
     def score(self) -> float:
         return sum(self.correct.values()) / len(self.correct)
+
+    def credits(self) -> dict[str, float]:
+        """Graded per-concept credit in [0, 1], with the continuous terms behind each verdict: the count error
+        (1 off = 0.25, 2 off = 0), the share of shapes of the right color, and per shape a soft margin on the
+        square's fill (SQUARE_FILL +- FILL_SOFTNESS) and the triangle's skew. A rounded square with fill 0.86
+        gets some credit, a round one almost none: graded feedback can tell them apart, a binary label can't."""
+        comps, want = self.reading.components, self.expected
+        if not comps:
+            return {"count": 0.0, "color": 0.0, "shape": 0.0, "background": float(self.correct["background"])}
+        off = abs(len(comps) - want.count)
+        shape = []
+        for c in comps:
+            tri = _sigmoid((TRIANGLE_SKEW - c.skew) / SKEW_SOFTNESS)
+            sq = _sigmoid((c.fill - SQUARE_FILL) / FILL_SOFTNESS)
+            shape.append({"triangle": tri, "square": (1 - tri) * sq, "circle": (1 - tri) * (1 - sq)}[want.shape])
+        return {"count": 1.0 if off == 0 else 0.25 if off == 1 else 0.0,
+                "color": sum(c.color == want.color for c in comps) / len(comps),
+                "shape": float(np.mean(shape)),
+                "background": float(self.correct["background"])}
+
+    @property
+    def graded(self) -> float:
+        """Mean of the graded credits: 1.0 for an aligned image far from every threshold."""
+        return float(np.mean(list(self.credits().values())))
 
     def observed(self) -> dict[str, str | None]:
         r = self.reading
