@@ -1156,13 +1156,15 @@ def before_after(images, judgments, prompts=None, judge: str | None = None, mode
     # per (model, prompt): sums and counts of aligned, each concept, score
     concepts = sorted({a["question"] for ans in j["answers"] if ans is not None for a in ans})
     has_label = j["label"].notna().any()
-    cells = {m: {"aligned": np.zeros((2, P)), "score": np.zeros((2, P)), **{c: np.zeros((2, P)) for c in concepts}}
+    cells = {m: {"aligned": np.zeros((2, P)), "score": np.zeros((2, P)), "best": np.zeros((2, P)),
+                 **{c: np.zeros((2, P)) for c in concepts}}
              for m in order}
     for m, p, label, score, ans in zip(j["model"], j["prompt_id"], j["label"], j["score"], j["answers"]):
         k = pidx[p]
         cell = cells[m]
         if not _is_null(label):
             cell["aligned"][:, k] += (float(bool(label)), 1)
+            cell["best"][:, k] = (max(cell["best"][0, k], float(bool(label))), 1)
         s = score if not _is_null(score) else (float(bool(label)) if not _is_null(label) else None)
         if s is not None:
             cell["score"][:, k] += (float(s), 1)
@@ -1184,6 +1186,9 @@ def before_after(images, judgments, prompts=None, judge: str | None = None, mode
                  "alignment": metric(rate(c["aligned"]), int(c["aligned"][1].sum())) if has_label else None,
                  "concepts": {q: metric(rate(c[q]), int(c[q][1].sum())) for q in concepts if c[q][1].sum()},
                  "mean_score": metric(rate(c["score"]), int(c["score"][1].sum())) if c["score"][1].sum() else None}
+        if has_label:  # best-of-n: a prompt counts when any of its n images is aligned (the judge picking one)
+            n = c["aligned"][1]
+            entry["best_of_n"] = {**metric(rate(c["best"]), P), "n": int(np.median(n[n > 0])) if (n > 0).any() else 0}
         per_model[m] = entry
     comparisons = []
     base = order[0]

@@ -223,7 +223,9 @@ def format_terminal(metrics: dict) -> str:
         lines.append(f"before/after by judge {ba['judge']} on {ba['n_prompts']} shared prompts"
                      + (f" (split {ba['split']})" if ba.get("split") else "") + ":")
         for m, v in ba["per_model"].items():
-            lines.append(f"  {m}: aligned {_fmt(v['alignment'], True)}, mean score {_fmt(v['mean_score'])}")
+            best = v.get("best_of_n")
+            extra = f"; best of {best['n']} by the judge {_fmt(best, True)}" if best and best.get("n", 0) > 1 else ""
+            lines.append(f"  {m}: aligned {_fmt(v['alignment'], True)}, mean score {_fmt(v['mean_score'])}{extra}")
         for c in ba["comparisons"]:
             d = c["alignment_diff"]
             diff = "-" if not d or d["value"] is None else \

@@ -5,11 +5,17 @@ Writes:  RUN/<out>/lora/ (or pipeline/), checkpoints/, metrics.jsonl, train.json
 
     loss = mean_i r_i * ||target - model(x_t, t, prompt_i)||^2   over the model's judged samples
          + reg_weight * mean_j ||target - model(...)||^2         over the regularizer set
+         + anchor_weight * mean_j ||model(...) - reference(...)||^2   (KL to the reference, same set)
 
 r is the judge's label (1 aligned, 0 not) or its score rescaled to [0, 1] (several judges: the mean).
+With --temperature T the weights are instead a softmax of r / T over each prompt's judged images,
+used as sampling probabilities (every prompt weighs the same; T = 0: its best image(s) only), so a
+prompt whose images are all misaligned still learns from the best of them -- with a graded judge
+(`shapes:graded`, a VLM's 1-10 score) that is the squarest of four rounded squares.
 The regularizer keeps the model close to its pre-training distribution: Lee et al. use the
 pre-training data; by default here it is the run's own images (the base model's samples), unweighted,
-or any images table given with --reg-images (e.g. a reference set).
+or any images table given with --reg-images (e.g. a reference set). The anchor ties the model's
+predictions on those images to the reference model's (--anchor-model, default the model itself).
 """
 
 from __future__ import annotations
@@ -67,7 +73,26 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
     if not out:
         raise InputError(f"{jpath}: no judged images left after the filters (split={cfg.split!r}, "
                          f"images_model={cfg.images_model!r})")
+    if cfg.temperature is not None:
+        prompt_weights(out, cfg.temperature)
     return out
+
+
+def prompt_weights(samples: list[dict], temperature: float) -> None:
+    """Set each sample's "weight": a softmax of reward / temperature over its prompt's samples (summing to 1
+    per prompt); temperature 0 shares the prompt's weight among its best-rewarded samples."""
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
+    for x in samples:
+        by_prompt[x["prompt"]].append(x)
+    for group in by_prompt.values():
+        r = np.array([x["reward"] for x in group])
+        if temperature == 0:
+            w = (r >= r.max() - 1e-12).astype(float)
+        else:
+            w = np.exp((r - r.max()) / temperature)
+        w /= w.sum()
+        for x, wi in zip(group, w):
+            x["weight"] = float(wi)
 
 
 def _allowed_images(run_dir: Path, images: list[dict], split: str | None, model: str | None) -> set[str]:
@@ -89,18 +114,23 @@ def run(cfg: TrainRWRConfig) -> dict:
     if cfg.reg_images is None:  # the run's own images: the same filters as the rewarded samples
         keep = _allowed_images(Path(cfg.run_dir), reg, cfg.split, cfg.images_model)
         reg = [r for r in reg if r["image_id"] in keep]
-    if not reg and cfg.reg_weight:
+    if not reg and (cfg.reg_weight or cfg.anchor_weight):
         raise InputError(f"{reg_table}: the regularizer set is empty")
     images = image_bytes(Path(cfg.run_dir), {x["image_id"] for x in samples}, "rewarded")
     reg_bytes = {}
-    if cfg.reg_weight:
+    use_reg = bool(cfg.reg_weight or cfg.anchor_weight)
+    if use_reg:
         reg_all = tables.read(reg_table, "images", columns=["image_id", "image"])
         reg_bytes = {i: im["bytes"] for i, im in zip(reg_all.column("image_id").to_pylist(),
                                                       reg_all.column("image").to_pylist())}
     mean_reward = float(np.mean([x["reward"] for x in samples]))
     # 2. Load the pipeline, resume.
-    s = training.setup(cfg, need_reference=False)
+    s = training.setup(cfg, need_reference=cfg.anchor_weight > 0)
     s.log(f"rwr: {len(samples)} rewarded samples (mean reward {mean_reward:.3f}), regularizer set {len(reg)} images")
+    probs = None
+    if cfg.temperature is not None:  # sample by weight, every prompt equally; the loss is then unweighted
+        probs = np.array([x["weight"] for x in samples])
+        probs /= probs.sum()
     if s.step >= cfg.steps:
         return training.finish(cfg, s, [])
     # 3. Train.
@@ -111,26 +141,34 @@ def run(cfg: TrainRWRConfig) -> dict:
     while s.step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, s.step, rank])
         with s.accelerator.accumulate(s.unet):
-            batch = [samples[i] for i in rng.choice(len(samples), size=cfg.batch_size)]
+            batch = [samples[i] for i in rng.choice(len(samples), size=cfg.batch_size, p=probs)]
             pngs = [images[b["image_id"]] for b in batch]
             prompts = [b["prompt"] for b in batch]
-            if cfg.reg_weight:
+            if use_reg:
                 regb = [reg[i] for i in rng.choice(len(reg), size=cfg.batch_size)]
                 pngs += [reg_bytes[b["image_id"]] for b in regb]
                 prompts += [b["prompt"] for b in regb]
             lat = s.encode(pngs)
             emb = s.embed(prompts, cfg.uncond_prob, rng)
             noisy, t, target = s.noised(lat, rng, t_min=cfg.timestep_min)
-            mse = s.mse(s.unet, noisy, t, emb, target)
-            r = torch.tensor([b["reward"] for b in batch], device=mse.device)
+            pred = s.unet(noisy, t, encoder_hidden_states=emb).sample
+            mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+            r = torch.tensor([1.0 if probs is not None else b["reward"] for b in batch], device=mse.device)
             weighted = (r * mse[:cfg.batch_size]).mean()
-            reg_loss = mse[cfg.batch_size:].mean() if cfg.reg_weight else torch.zeros((), device=mse.device)
-            loss = weighted + cfg.reg_weight * reg_loss
+            zero = torch.zeros((), device=mse.device)
+            reg_loss = mse[cfg.batch_size:].mean() if cfg.reg_weight else zero
+            anchor = zero
+            if cfg.anchor_weight:
+                n = cfg.batch_size
+                ref = s.reference_pred(noisy[n:], t[n:], emb[n:])
+                anchor = training.anchor_loss(pred[n:], ref).mean()
+            loss = weighted + cfg.reg_weight * reg_loss + cfg.anchor_weight * anchor
             training.optimize(s, loss, cfg)
         if s.accelerator.sync_gradients:
             s.step += 1
             rec = {"step": s.step, "loss": round(loss.item(), 6), "weighted": round(weighted.item(), 6),
-                   "reg": round(float(reg_loss.detach()), 6), "seconds": round(time.perf_counter() - t0, 2)}
+                   "reg": round(float(reg_loss.detach()), 6), "anchor": round(float(anchor.detach()), 8),
+                   "seconds": round(time.perf_counter() - t0, 2)}
             training.end_step(s, cfg, rec, history, f"rwr step {s.step}/{cfg.steps} loss {rec['loss']:.4f} (weighted "
                                                     f"{rec['weighted']:.4f}, reg {rec['reg']:.4f})")
     return training.finish(cfg, s, history)

@@ -89,18 +89,29 @@ class Setup:
         pred = unet(noisy, t, encoder_hidden_states=emb).sample
         return ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
 
-    def reference_mse(self, noisy, t, emb, target):
+    def reference_pred(self, noisy, t, emb):
+        """The reference model's prediction: the frozen copy, or (LoRA) the same UNet with adapters disabled."""
         import torch
 
         with torch.no_grad():
             if self.ref_unet is not None:
-                return self.mse(self.ref_unet, noisy, t, emb, target)
+                return self.ref_unet(noisy, t, encoder_hidden_states=emb).sample
             base = self.accelerator.unwrap_model(self.unet)
             base.disable_adapters()
             try:
-                return self.mse(self.unet, noisy, t, emb, target)
+                return self.unet(noisy, t, encoder_hidden_states=emb).sample
             finally:
                 base.enable_adapters()
+
+    def reference_mse(self, noisy, t, emb, target):
+        return ((self.reference_pred(noisy, t, emb).float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+
+
+def anchor_loss(pred, ref_pred):
+    """KL to the reference, per sample: the KL between two Gaussian denoising steps of equal variance is a
+    constant times the squared difference of their means, i.e. of the two models' predictions at the same
+    (x_t, t, prompt); averaged over latent elements like the denoising loss."""
+    return ((pred.float() - ref_pred.float()) ** 2).mean(dim=(1, 2, 3))
 
 
 def to_tensor(png: bytes, size: tuple[int, int]):
@@ -140,7 +151,17 @@ def setup(cfg, need_reference: bool) -> Setup:
         m.requires_grad_(False)
         m.to(accelerator.device)
     ref_unet = None
-    if need_reference and (cfg.lora_rank == 0 or getattr(cfg, "reference", "adapters") == "copy"):
+    ref_model = getattr(cfg, "anchor_model", None)
+    if ref_model and cfg.lora_rank > 0:
+        raise InputError("--anchor-model needs a full fine-tune (--lora-rank 0): with LoRA the reference is the "
+                         "model with its adapters disabled")
+    if need_reference and ref_model:
+        from diffusers import UNet2DConditionModel
+
+        check_model_path(ref_model)
+        ref_unet = UNet2DConditionModel.from_pretrained(ref_model, subfolder="unet")
+        ref_unet = ref_unet.requires_grad_(False).to(accelerator.device).eval()
+    elif need_reference and (cfg.lora_rank == 0 or getattr(cfg, "reference", "adapters") == "copy"):
         ref_unet = copy.deepcopy(unet).requires_grad_(False).to(accelerator.device).eval()
     if cfg.lora_rank > 0:
         from peft import LoraConfig
