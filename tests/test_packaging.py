@@ -80,3 +80,12 @@ def test_every_third_party_import_is_a_declared_dependency():
         if not names & declared:
             missing[module] = sorted(names) or "not installed"
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_templates_missing_from_an_install_is_a_clear_error(tmp_path, monkeypatch):
+    from autofeedback.errors import InputError
+    from autofeedback.judges import vlm
+
+    monkeypatch.setattr(vlm.resources, "files", lambda package: tmp_path)  # a wheel built without package data
+    with pytest.raises(InputError, match="missing from the installed package"):
+        Template.load(None, "pointwise")

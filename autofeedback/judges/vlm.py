@@ -69,6 +69,9 @@ BATCH_DISCOUNT = 0.5
 def builtin_templates() -> dict[str, Traversable]:
     """The templates shipped in the package, by file stem (e.g. 'pairwise.v1')."""
     folder = resources.files("autofeedback") / "templates" / "judges"
+    if not folder.is_dir():
+        raise InputError("the built-in judge templates are missing from the installed package "
+                         "(autofeedback/templates/judges/): reinstall autofeedback")
     return {f.name.removesuffix(".yaml"): f for f in folder.iterdir() if f.is_file() and f.name.endswith(".yaml")}
 
 
