@@ -53,9 +53,9 @@ class JudgeConfig(StageConfig):
     mode: Literal["pointwise", "pairwise", "listwise", "caption", "vqa"] = Field(
         "pointwise", description="pointwise (one image), pairwise (A vs B, both orders), listwise (rank a prompt's "
                                  "images), caption (describe; similarity to the prompt), vqa (questions from metadata)")
-    template: str | None = Field(None, description="judge template name under prompts/judges/ or a path "
-                                                   "(default per mode, e.g. pointwise_binary.v1; pointwise_score.v1 "
-                                                   "for 1-10 scores)")
+    template: str | None = Field(None, description="built-in judge template name (autofeedback/templates/judges/) "
+                                                   "or a path (default per mode, e.g. pointwise_binary.v1; "
+                                                   "pointwise_score.v1 for 1-10 scores)")
     limit: int | None = Field(None, ge=1, description="judge at most N new requests")
     # pairing
     both_orders: bool = Field(True, description="pairwise: ask every pair in both orders (position bias check)")

@@ -35,9 +35,11 @@ class Clip:
         from transformers import CLIPModel, CLIPProcessor
         from transformers.utils import logging as hf_logging
 
-        from .generate import model_fingerprint
+        from .generate import HUB_ID, missing_model_hint, model_fingerprint
 
         self.path = str(path)
+        if not Path(self.path).exists() and (not HUB_ID.match(self.path) or self.path.startswith((".", "/", "~"))):
+            raise InputError(f"CLIP model path not found: {self.path}{missing_model_hint(self.path)}")
         self.device = device
         self.batch_size = batch_size
         verbosity = hf_logging.get_verbosity()

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from autofeedback import tables
+from autofeedback.shapes.demo import make_rendered_run
 
 from .conftest import cli
 
@@ -61,6 +62,17 @@ def test_unknown_model_path(tmp_path):
                                "--prompts", "shapes"))
     assert "model path not found" in line and "no-such-model" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_models_missing_outside_a_clone_say_where_they_live(tmp_path):
+    """data/models/ is a repository file, not package data: an installed CLI run elsewhere says so in one line."""
+    make_rendered_run(tmp_path / "run", n_prompts=1, per_prompt=1)
+    for args in (("generate", "--out", "new", "--model", "data/models/shapes-tiny", "--prompts", "shapes"),
+                 ("embed", "run", "--clip", "data/models/shapes-clip"),
+                 ("judge", "run", "--judge", "clip:data/models/shapes-clip")):
+        line = _one_error_line(cli(*args, cwd=tmp_path))
+        assert "path not found: data/models/shapes-" in line and "repository file" in line, line
+    assert not (tmp_path / "new").exists()
 
 
 def test_folder_that_is_not_a_pipeline(tmp_path):

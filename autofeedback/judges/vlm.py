@@ -2,8 +2,8 @@
 
     --judge openai:gpt-4o [--base-url URL]      key from $OPENAI_API_KEY (or --api-key-env NAME)
 
-Transport and task are apart: templates (prompts/judges/*.yaml) say what to ask and which answer
-model parses the reply (judges/parsing.py); this module only moves requests.
+Transport and task are apart: templates (autofeedback/templates/judges/*.yaml, package data) say what to
+ask and which answer model parses the reply (judges/parsing.py); this module only moves requests.
 
 Reliability, in one place:
 - HTTP retries: only the SDK's (max_retries, honours Retry-After), with an explicit timeout.
@@ -38,8 +38,9 @@ import signal
 import sqlite3
 import sys
 import time
+from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
@@ -47,8 +48,11 @@ from ..errors import InputError
 from ..redact import redact, redact_all
 from . import parsing
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE_DIR = REPO / "prompts" / "judges"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# The built-in templates are package data (autofeedback/templates/judges/*.yaml), read through importlib.resources
+# so that an installed wheel finds them as well as a source checkout does.
 DEFAULT_TEMPLATES = {"pointwise": "pointwise_binary.v1", "pairwise": "pairwise.v1", "listwise": "listwise.v1",
                      "caption": "caption.v1", "vqa": "vqa.v1"}
 TASK_MODE = {"pointwise_binary": "pointwise", "pointwise_score": "pointwise", "pairwise": "pairwise",
@@ -62,10 +66,19 @@ BATCH_DISCOUNT = 0.5
 
 
 # ----------------------------------------------------------------------------------- templates
+def builtin_templates() -> dict[str, Traversable]:
+    """The templates shipped in the package, by file stem (e.g. 'pairwise.v1')."""
+    folder = resources.files("autofeedback") / "templates" / "judges"
+    if not folder.is_dir():
+        raise InputError("the built-in judge templates are missing from the installed package "
+                         "(autofeedback/templates/judges/): reinstall autofeedback")
+    return {f.name.removesuffix(".yaml"): f for f in folder.iterdir() if f.is_file() and f.name.endswith(".yaml")}
+
+
 class Template:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | Traversable) -> None:
         self.path = path
-        raw = path.read_text()
+        raw = path.read_text(encoding="utf-8")
         try:
             spec = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
@@ -86,12 +99,13 @@ class Template:
     @classmethod
     def load(cls, name_or_path: str | None, mode: str) -> "Template":
         name = name_or_path or DEFAULT_TEMPLATES[mode]
-        path = Path(name)
-        if not path.exists():
-            path = TEMPLATE_DIR / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml")))
-            raise InputError(f"judge template not found: {name_or_path} (built-in: {known})")
+        path: Path | Traversable = Path(name)
+        if not path.exists():  # not a file the user named: a built-in template, by name
+            builtin = builtin_templates()
+            stem = name.removesuffix(".yaml")
+            if stem not in builtin:
+                raise InputError(f"judge template not found: {name_or_path} (built-in: {', '.join(sorted(builtin))})")
+            path = builtin[stem]
         tpl = cls(path)
         if TASK_MODE[tpl.task] != mode:
             raise InputError(f"template {tpl.name} is for mode {TASK_MODE[tpl.task]!r}, not {mode!r}")
