@@ -26,7 +26,7 @@ from .evaluate import write_metrics  # the one metrics.json writer (merges with 
 from .config import STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 
-PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip")
+PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip", "images_model", "anchor_model")
 # stage name in a pipeline YAML -> module with run(cfg) (and optionally format_summary)
 STAGE_MODULES = {"generate": "autofeedback.generate", "judge": "autofeedback.judge",
                  "pairs": "autofeedback.pairs", "train_dpo": "autofeedback.train_dpo",
