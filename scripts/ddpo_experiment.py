@@ -1,7 +1,8 @@
 """DDPO (Black et al. 2023) on the shapes world: an experiment, not a stage of the tool.
 
 PPO on the denoising chain: the model samples with DDIM at eta=1 (every step a Gaussian policy whose
-log-probability is exact), the shapes checker rewards each sample (1 aligned, 0 not), advantages are
+log-probability is exact), the shapes checker rewards each sample (1 aligned, 0 not; each epoch also reports
+the reward of the same prompts and noise at eta=0, the sampler `generate` uses), advantages are
 normalized within each prompt's group of samples, and the UNet is trained with the clipped PPO objective
 on a random half of each chain's steps. Reward is computed online, in process; nothing is written but the
 pipeline (or OUT/lora-<epoch> with --lora-rank) every 5 epochs and one line per epoch.
@@ -27,6 +28,20 @@ import torch
 from autofeedback.generate import load_pipeline
 from autofeedback.judges.shapes import scene_of
 from autofeedback.shapes import checker
+
+
+def ddim_step_stats(sched, v, t: int, x, eta: float, num_steps: int):
+    """DDIM (v-prediction) step from timestep t: the mean and std of x_prev given x_t. eta=1 is the
+    stochastic policy PPO trains (its log-probability is exact); eta=0 is `generate`'s deterministic sampler."""
+    ac = sched.alphas_cumprod
+    prev = int(t) - sched.config.num_train_timesteps // num_steps
+    a_t = ac[int(t)]
+    a_p = ac[prev] if prev >= 0 else sched.final_alpha_cumprod
+    x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * v
+    eps = a_t.sqrt() * v + (1 - a_t).sqrt() * x
+    std = eta * ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).sqrt()
+    mean = a_p.sqrt() * x0 + (1 - a_p - std ** 2).clamp(min=0).sqrt() * eps
+    return mean, std
 
 
 def main() -> None:
@@ -67,17 +82,8 @@ def main() -> None:
                   return_tensors="pt").input_ids
         return te(ids)[0]
 
-    def prev_alpha(t):
-        p = t - sched.config.num_train_timesteps // T
-        return ac[p] if p >= 0 else sched.final_alpha_cumprod
-
-    def step_stats(v, t, x):  # DDIM (v-prediction) step: the mean and std of x_{t-1} given x_t
-        a_t, a_p = ac[t], prev_alpha(int(t))
-        x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * v
-        eps = a_t.sqrt() * v + (1 - a_t).sqrt() * x
-        std = eta * ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).sqrt()
-        mean = a_p.sqrt() * x0 + (1 - a_p - std ** 2).clamp(min=0).sqrt() * eps
-        return mean, std
+    def step_stats(v, t, x, eta=eta):  # the training policy's step (eta=1), or generate's (eta=0)
+        return ddim_step_stats(sched, v, t, x, eta, T)
 
     def logprob(x_prev, mean, std):
         lp = -((x_prev.detach() - mean) ** 2) / (2 * std ** 2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
@@ -124,6 +130,20 @@ def main() -> None:
         # 2. reward (the checker) and per-prompt advantages
         rewards = np.array([float(checker.check(im, scene_of(p["prompt"], p["metadata"])).aligned)
                             for im, p in zip(imgs, items)])
+        # the same prompts and starting noise at eta=0, the sampler `generate` and eval use: PPO optimizes the
+        # eta=1 policy, and a gain there need not carry over (before this, only the eta=1 reward was reported)
+        with torch.no_grad():
+            imgs0 = []
+            for b in range(0, len(items), 64):
+                ec = ec_all[b:b + 64]
+                eu = empty.expand(ec.shape[0], -1, -1)
+                x = lats[b:b + 64, 0]
+                for t in ts:
+                    x, _ = step_stats(cfg_v(x, t, ec, eu), t, x, eta=0.0)
+                img = vae.decode(x / vae.config.scaling_factor).sample
+                imgs0 += list(((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+        reward0 = np.mean([float(checker.check(im, scene_of(p["prompt"], p["metadata"])).aligned)
+                           for im, p in zip(imgs0, items)])
         r = rewards.reshape(P, K)
         adv = (r - r.mean(1, keepdims=True)) / (r.std(1, keepdims=True) + 1e-4)
         adv = torch.tensor(np.clip(adv.reshape(-1), -adv_clip, adv_clip), dtype=torch.float32)
@@ -147,7 +167,7 @@ def main() -> None:
                 clipfrac.append(float(((ratio.detach() - 1).abs() > a.clip).float().mean()))
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-        print(f"epoch {epoch} reward {rewards.mean():.3f} groups-with-signal {(r.std(1) > 0).mean():.2f} "
+        print(f"epoch {epoch} reward {rewards.mean():.3f} (eta=1) {reward0:.3f} (eta=0) groups-with-signal {(r.std(1) > 0).mean():.2f} "
               f"trained {len(keep)} clipfrac {np.mean(clipfrac) if clipfrac else 0:.2f} "
               f"sample {t_sample:.0f}s total {time.time() - t0:.0f}s", flush=True)
         if (epoch + 1) % 5 == 0 or epoch + 1 == a.epochs:
