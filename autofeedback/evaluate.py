@@ -1302,7 +1302,10 @@ def before_after_grid(run_dir: Path, images, prompts, judgments, ba: dict, path:
     full["prompt"] = full["prompt_id"].map(prompt_of)
     full = full.sort_values("prompt", kind="stable")
     pick = full.iloc[np.unique(np.linspace(0, len(full) - 1, min(rows, len(full))).round().astype(int))]
-    key = img.set_index(["prompt_id", "seed", "model"])["image_id"]
+    # one image per (prompt, seed, model): the latest, if a model was retrained in place under the same name
+    key = img.sort_values("created_at", kind="stable") if "created_at" in img else img
+    key = key.drop_duplicates(["prompt_id", "seed", "model"], keep="last").set_index(["prompt_id", "seed", "model"])
+    key = key["image_id"]
     ids = [[key.loc[(r.prompt_id, r.seed, m)] for m in models] for r in pick.itertuples()]
     pngs = _image_bytes(run_dir, sorted({i for row in ids for i in row}))
     label_w, pad = 300, 4

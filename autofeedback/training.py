@@ -284,9 +284,11 @@ def finish(cfg, s: Setup, history: list[dict]) -> dict:
             lora_dir = s.out_dir / "lora"
             # the adapter config (alpha, targets) goes into the file's metadata: without it a loader assumes
             # alpha = rank and an adapter trained with another alpha reloads at the wrong scale
+            # (sets sorted: the file's bytes are its identity for `generate`, so they must not vary by run)
+            meta = {k: sorted(v) if isinstance(v, set) else v for k, v in model.peft_config["default"].to_dict().items()}
             StableDiffusionPipeline.save_lora_weights(
                 lora_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(model)),
-                unet_lora_adapter_metadata=model.peft_config["default"].to_dict(), safe_serialization=True)
+                unet_lora_adapter_metadata=meta, safe_serialization=True)
             summary["lora"] = str(lora_dir)
         else:  # a complete pipeline with the tuned UNet: `generate --model RUN/<out>/pipeline`
             s.pipe.unet = model

@@ -1,5 +1,7 @@
 """Issue #18's defects in the diffusion trainers, each pinned by a test that failed before its fix."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -46,6 +48,14 @@ def test_lora_with_alpha_other_than_rank_reloads_at_its_trained_scale(pref_run, 
     from safetensors.torch import load_file
 
     s = train_dpo.run(_cfg(pref_run, tiny_model, lora_rank=4, lora_alpha=16))
+    # the config is in the file, in a fixed order: its bytes are the adapter's identity (image IDs), so a set's
+    # run-dependent order must not reach them (a resumed run re-saving it made every tuned image new work)
+    from safetensors import safe_open
+
+    with safe_open(f"{s['lora']}/pytorch_lora_weights.safetensors", "pt") as fh:
+        meta = json.loads(fh.metadata()["lora_adapter_metadata"])
+    assert meta["unet.lora_alpha"] == 16 and meta["unet.r"] == 4
+    assert meta["unet.target_modules"] == sorted(meta["unet.target_modules"])
     torch.manual_seed(0)
     z, t, emb = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 32, 64)
 
