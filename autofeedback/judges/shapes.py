@@ -4,8 +4,9 @@ label = aligned (all four concepts right), score = fraction of concepts right, a
 per concept (expected vs read off the image). `shapes:graded` scores the same reading with graded
 credit instead (Verdict.credits: count error, share of the right color, a soft margin on each shape's
 fill / skew), so two misaligned images still differ -- a rounded square from a round blob -- and
-pairs by score margin and score-weighted training get a signal where binary labels give none. A prompt that is not a shapes-world prompt, or an image
-that doesn't decode, is a row with status=error and the reason, never a guess.
+pairs by score margin and score-weighted training get a signal where binary labels give none.
+A prompt that is not a shapes-world prompt, or an image that doesn't decode, is a row with
+status=error and the reason, never a guess.
 """
 
 from __future__ import annotations
