@@ -12,14 +12,15 @@ from .conftest import REPO, SHIPPED_MODEL, cli
 SMALL = ["--set", "generate.limit=8", "--set", "generate.steps=4", "--set", "train_dpo.steps=2"]
 
 
-def test_shipped_model_is_a_standard_pipeline_under_20_mb():
+@pytest.mark.parametrize("model", [SHIPPED_MODEL, REPO / "data" / "models" / "shapes-countnoise"])
+def test_shipped_model_is_a_standard_pipeline_under_20_mb(model):
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
-    size = sum(f.stat().st_size for f in SHIPPED_MODEL.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in model.rglob("*") if f.is_file())
     assert size <= 20 * 2**20
-    pipe = DiffusionPipeline.from_pretrained(SHIPPED_MODEL)
+    pipe = DiffusionPipeline.from_pretrained(model)
     assert isinstance(pipe, StableDiffusionPipeline)
-    recipe = json.loads((SHIPPED_MODEL / "recipe.json").read_text())
+    recipe = json.loads((model / "recipe.json").read_text())
     assert recipe["unet_steps"] > 0 and "command" in recipe
 
 
