@@ -35,7 +35,6 @@ class ShapesJudge:
 
             raise InputError(f"the shapes judge takes no argument or 'graded' (got 'shapes:{arg}')")
         self.graded = arg == "graded"
-        self.name = "shapes:graded" if self.graded else "shapes"
         self.identity = f"shapes/{TEMPLATE}" + ("/graded" if self.graded else "")
 
     def judge(self, units: list[dict], emit) -> None:
