@@ -115,6 +115,8 @@ class TrainConfig(StageConfig):
                                                             "and counts are decided)")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="save an exponential moving average of the trained weights "
                                                          "with this decay (e.g. 0.99; 0 = off, save the last weights)")
+    train_text_encoder: bool = Field(False, description="train the text encoder too (full fine-tune only): where a "
+                                                        "prompt's words, e.g. its count, become conditioning")
     vae_latents: Literal["mode", "sample"] = Field(
         "mode", description="training images -> latents: the VAE posterior's mode (as the shapes model was "
                             "pre-trained; its posterior std is 0.3x the latent std) or a sample (diffusers' scripts)")
@@ -150,6 +152,9 @@ class TrainRWRConfig(TrainConfig):
                                 "of reward / T over the prompt's judged images (advantage-weighted; 0 = only its best "
                                 "image(s): best-of-n distillation), so a prompt whose images are all misaligned still "
                                 "learns from its best one")
+    min_reward: float | None = Field(None, description="learn only from samples whose reward is at least this (e.g. 1 "
+                                                       "with --reward label: the aligned ones, rejection sampling as "
+                                                       "in RAFT/ReST); prompts with none are left out")
     anchor_weight: float = Field(0.0, ge=0, description="KL to the reference on the regularizer images: this times "
                                                         "||v_model - v_reference||^2 (ties the model to the base "
                                                         "beyond the feedback)")

@@ -72,9 +72,22 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
         for key in PATH_FIELDS:
             if isinstance(settings.get(key), str):
                 settings[key] = str(_resolve(base, Path(settings[key]), must_exist=True))
+        for key in ("judge", "judges"):  # clip:PATH / reward:PATH judges: relative to base_dir unless they
+            value = settings.get(key)      # exist from here (the judge's name, in the tables, stays as written then)
+            if isinstance(value, str):
+                settings[key] = _resolve_judge(base, value)
+            elif isinstance(value, list):
+                settings[key] = [_resolve_judge(base, v) if isinstance(v, str) else v for v in value]
         settings["run_dir"] = final_run_dir
         configs.append((name, build(STEP_CONFIGS[name], f"{path}: steps[{i}] ({name})", **settings)))
     return pipe, final_run_dir, configs
+
+
+def _resolve_judge(base: Path, judge: str) -> str:
+    kind, sep, arg = judge.partition(":")
+    if sep and kind in ("clip", "reward") and not Path(arg).exists() and (base / arg).exists():
+        return f"{kind}:{base / arg}"
+    return judge
 
 
 def _resolve(base: Path, value: Path, must_exist: bool) -> Path:

@@ -81,17 +81,18 @@ def run(cfg: TrainDPOConfig) -> dict:
     history: list[dict] = []
     rank, world = s.accelerator.process_index, s.accelerator.num_processes
     t0 = time.perf_counter()
-    s.unet.train()
+    s.train_mode()
     while s.step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, s.step, rank])  # the same batches after a resume
-        with s.accelerator.accumulate(s.unet):
+        with s.accelerator.accumulate(*s.models):
             idx = rng.choice(len(prefs), size=cfg.batch_size, replace=len(prefs) < cfg.batch_size)
             batch = [prefs[i] for i in idx]
             lat = s.encode([images[b["chosen_image_id"]] for b in batch] + [images[b["rejected_image_id"]] for b in batch])
-            emb = s.embed([b["prompt"] for b in batch], cfg.uncond_prob, rng).repeat(2, 1, 1)  # same for w and l
+            prompts = s.drop([b["prompt"] for b in batch], cfg.uncond_prob, rng)
+            emb = s.embed(prompts).repeat(2, 1, 1)  # the same for winner and loser
             noisy, t, target = s.noised(lat, rng, share_halves=True, t_min=cfg.timestep_min)
             mse = s.mse(s.unet, noisy, t, emb, target)
-            ref = s.reference_mse(noisy, t, emb, target)
+            ref = s.reference_mse(noisy, t, s.reference_embed(prompts + prompts, emb), target)
             mw, ml = mse.chunk(2)
             rw, rl = ref.chunk(2)
             loss, z = _loss(mw, ml, rw, rl, cfg.beta, cfg.loss)

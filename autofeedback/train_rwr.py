@@ -8,6 +8,8 @@ Writes:  RUN/<out>/lora/ (or pipeline/), checkpoints/, metrics.jsonl, train.json
          + anchor_weight * mean_j ||model(...) - reference(...)||^2   (KL to the reference, same set)
 
 r is the judge's label (1 aligned, 0 not) or its score rescaled to [0, 1] (several judges: the mean).
+With --min-reward M only samples with r >= M are kept (rejection sampling: --reward label --min-reward 1
+fine-tunes on the aligned samples, each weighing 1; the main job's recipe).
 With --temperature T the weights are instead a softmax of r / T over each prompt's judged images,
 used as sampling probabilities (every prompt weighs the same; T = 0: its best image(s) only), so a
 prompt whose images are all misaligned still learns from the best of them -- with a graded judge
@@ -73,6 +75,10 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
     if not out:
         raise InputError(f"{jpath}: no judged images left after the filters (split={cfg.split!r}, "
                          f"images_model={cfg.images_model!r})")
+    if cfg.min_reward is not None:
+        out = [x for x in out if x["reward"] >= cfg.min_reward]
+        if not out:
+            raise InputError(f"{jpath}: no judged image has a reward of at least {cfg.min_reward} (--min-reward)")
     if cfg.temperature is not None:
         prompt_weights(out, cfg.temperature)
     return out
@@ -137,10 +143,10 @@ def run(cfg: TrainRWRConfig) -> dict:
     history: list[dict] = []
     rank = s.accelerator.process_index
     t0 = time.perf_counter()
-    s.unet.train()
+    s.train_mode()
     while s.step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, s.step, rank])
-        with s.accelerator.accumulate(s.unet):
+        with s.accelerator.accumulate(*s.models):
             batch = [samples[i] for i in rng.choice(len(samples), size=cfg.batch_size, p=probs)]
             pngs = [images[b["image_id"]] for b in batch]
             prompts = [b["prompt"] for b in batch]
@@ -149,7 +155,8 @@ def run(cfg: TrainRWRConfig) -> dict:
                 pngs += [reg_bytes[b["image_id"]] for b in regb]
                 prompts += [b["prompt"] for b in regb]
             lat = s.encode(pngs)
-            emb = s.embed(prompts, cfg.uncond_prob, rng)
+            prompts = s.drop(prompts, cfg.uncond_prob, rng)
+            emb = s.embed(prompts)
             noisy, t, target = s.noised(lat, rng, t_min=cfg.timestep_min)
             pred = s.unet(noisy, t, encoder_hidden_states=emb).sample
             mse = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
@@ -160,7 +167,7 @@ def run(cfg: TrainRWRConfig) -> dict:
             anchor = zero
             if cfg.anchor_weight:
                 n = cfg.batch_size
-                ref = s.reference_pred(noisy[n:], t[n:], emb[n:])
+                ref = s.reference_pred(noisy[n:], t[n:], s.reference_embed(prompts[n:], emb[n:]))
                 anchor = training.anchor_loss(pred[n:], ref).mean()
             loss = weighted + cfg.reg_weight * reg_loss + cfg.anchor_weight * anchor
             training.optimize(s, loss, cfg)

@@ -34,23 +34,54 @@ class Setup:
     step: int
     ema: object | None = None
     latents: str = "mode"
+    text_encoder: object | None = None  # the pipeline's, prepared by accelerate when it is trained
+    train_text_encoder: bool = False
+    ref_text_encoder: object | None = None  # frozen reference copy, only when the text encoder is trained
 
     def log(self, msg: str) -> None:
         if self.accelerator.is_main_process:
             print(msg, flush=True)
 
     # ------------------------------------------------------------------ data
+    def drop(self, prompts: list[str], uncond_prob: float, rng: np.random.Generator | None) -> list[str]:
+        """Replace some prompts by "" (classifier-free guidance's unconditional branch is trained this often)."""
+        if uncond_prob and rng is not None:
+            return ["" if rng.random() < uncond_prob else p for p in prompts]
+        return list(prompts)
+
     def embed(self, prompts: list[str], uncond_prob: float = 0.0, rng: np.random.Generator | None = None):
-        """Prompt embeddings; with uncond_prob, some prompts are replaced by "" (classifier-free guidance)."""
+        """Prompt embeddings by the text encoder being trained (with gradients when it is; see drop())."""
         import torch
 
-        if uncond_prob and rng is not None:
-            prompts = ["" if rng.random() < uncond_prob else p for p in prompts]
-        tok = self.pipe.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.accelerator.device)
+        ids = self._ids(self.drop(prompts, uncond_prob, rng))
+        if self.train_text_encoder:
+            return self.text_encoder(ids)[0]
         with torch.no_grad():
-            return self.pipe.text_encoder(ids)[0]
+            return self.text_encoder(ids)[0]
+
+    def reference_embed(self, prompts: list[str], emb):
+        """The reference model's embeddings of the same prompts: `emb` itself unless the text encoder is trained,
+        then its frozen copy's (or --anchor-model's)."""
+        import torch
+
+        if self.ref_text_encoder is None:
+            return emb.detach()
+        with torch.no_grad():
+            return self.ref_text_encoder(self._ids(prompts))[0]
+
+    def _ids(self, prompts: list[str]):
+        tok = self.pipe.tokenizer
+        return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(self.accelerator.device)
+
+    @property
+    def models(self) -> tuple:
+        """The models being trained (for accelerator.accumulate, train())."""
+        return (self.unet, self.text_encoder) if self.train_text_encoder else (self.unet,)
+
+    def train_mode(self) -> None:
+        for m in self.models:
+            m.train()
 
     def encode(self, pngs: list[bytes]):
         import torch
@@ -146,34 +177,47 @@ def setup(cfg, need_reference: bool) -> Setup:
     except Exception as exc:
         raise InputError(f"could not load diffusers pipeline {cfg.model!r}: {str(exc).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
-    unet = pipe.unet
-    for m in (pipe.vae, pipe.text_encoder):
+    unet, te = pipe.unet, pipe.text_encoder
+    for m in (pipe.vae, te):
         m.requires_grad_(False)
         m.to(accelerator.device)
-    ref_unet = None
+    ref_unet = ref_te = None
     ref_model = getattr(cfg, "anchor_model", None)
     if ref_model and cfg.lora_rank > 0:
         raise InputError("--anchor-model needs a full fine-tune (--lora-rank 0): with LoRA the reference is the "
                          "model with its adapters disabled")
+    if cfg.train_text_encoder and cfg.lora_rank > 0:
+        raise InputError("--train-text-encoder needs a full fine-tune (--lora-rank 0)")
     if need_reference and ref_model:
         from diffusers import UNet2DConditionModel
 
         check_model_path(ref_model)
         ref_unet = UNet2DConditionModel.from_pretrained(ref_model, subfolder="unet")
         ref_unet = ref_unet.requires_grad_(False).to(accelerator.device).eval()
+        if cfg.train_text_encoder:
+            from transformers import CLIPTextModel
+
+            ref_te = CLIPTextModel.from_pretrained(ref_model, subfolder="text_encoder")
     elif need_reference and (cfg.lora_rank == 0 or getattr(cfg, "reference", "adapters") == "copy"):
         ref_unet = copy.deepcopy(unet).requires_grad_(False).to(accelerator.device).eval()
+    if need_reference and cfg.train_text_encoder:
+        ref_te = (ref_te or copy.deepcopy(te)).requires_grad_(False).to(accelerator.device).eval()
     if cfg.lora_rank > 0:
         from peft import LoraConfig
 
         unet.requires_grad_(False)
         unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                                     init_lora_weights="gaussian", target_modules=list(cfg.lora_targets)))
-    params = [p for p in unet.parameters() if p.requires_grad]
     small = sum(p.numel() for p in unet.parameters()) < 50e6
     watch = snapshot(unet) if cfg.lora_rank > 0 or small else None
+    if cfg.train_text_encoder:  # where a prompt's words become conditioning: counts live here (docs/experiments.md)
+        te.requires_grad_(True)
+    params = [p for p in unet.parameters() if p.requires_grad] + [p for p in te.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    unet, opt = accelerator.prepare(unet, opt)
+    if cfg.train_text_encoder:
+        unet, te, opt = accelerator.prepare(unet, te, opt)
+    else:
+        unet, opt = accelerator.prepare(unet, opt)
     ema = None
     if cfg.ema_decay:  # diffusers' EMAModel, saved and restored with the checkpoints
         from diffusers.training_utils import EMAModel
@@ -183,7 +227,8 @@ def setup(cfg, need_reference: bool) -> Setup:
         accelerator.register_for_checkpointing(ema)
     out_dir = Path(cfg.run_dir) / cfg.out
     s = Setup(accelerator, pipe, unet, ref_unet, opt, params, watch,
-              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0, ema, cfg.vae_latents)
+              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0, ema, cfg.vae_latents,
+              te, cfg.train_text_encoder, ref_te)
     ckpt = latest_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
@@ -290,8 +335,10 @@ def finish(cfg, s: Setup, history: list[dict]) -> dict:
                 lora_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(model)),
                 unet_lora_adapter_metadata=meta, safe_serialization=True)
             summary["lora"] = str(lora_dir)
-        else:  # a complete pipeline with the tuned UNet: `generate --model RUN/<out>/pipeline`
+        else:  # a complete pipeline with the tuned UNet (and text encoder): `generate --model RUN/<out>/pipeline`
             s.pipe.unet = model
+            if s.train_text_encoder:
+                s.pipe.text_encoder = s.accelerator.unwrap_model(s.text_encoder)
             s.pipe.save_pretrained(s.out_dir / "pipeline")
             summary["pipeline"] = str(s.out_dir / "pipeline")
         if history:
