@@ -62,6 +62,25 @@ def summarize(run_dir: str | Path, group_by: list[str] | None = None, judge: str
     return out
 
 
+def short_name(model: str) -> str:
+    """A model's label for tables and plots: its folder's name (RUN/rwr/pipeline -> rwr), + the LoRA's training
+    folder for `generate --lora` images (MODEL+lora:RUN/dpo/lora -> shapes-tiny+dpo). Full paths stay in JSON."""
+    base, sep, lora = model.partition("+lora:")
+    path = Path(base)
+    name = (path.parent.name if path.name == "pipeline" else path.name) or base
+    if sep:
+        lpath = Path(lora)
+        name += "+" + ((lpath.parent.name if lpath.name == "lora" else lpath.name) or lora)
+    return name
+
+
+def short_names(models: list[str]) -> dict[str, str]:
+    """model -> short_name(model); models whose short names collide keep their full names."""
+    names = {m: short_name(m) for m in models}
+    taken = Counter(names.values())
+    return {m: n if taken[n] == 1 else m for m, n in names.items()}
+
+
 def _model_names(run_dir) -> dict[str, str]:
     """image_id -> a short model name: the model folder's name, + the LoRA's training folder (base+dpo)."""
     out = {}

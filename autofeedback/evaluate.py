@@ -1214,8 +1214,10 @@ def before_after(images, judgments, prompts=None, judge: str | None = None, mode
             "score_diff": metric(diff("score"), P),
             "win_rate": wr,
         })
-    return {"judge": judge, "models": order, "baseline": base, "split": split, "n_prompts": P,
-            "n_prompts_dropped": n_all - P, "per_model": per_model, "comparisons": comparisons}
+    from .alignment import short_names
+
+    return {"judge": judge, "models": order, "labels": short_names(order), "baseline": base, "split": split,
+            "n_prompts": P, "n_prompts_dropped": n_all - P, "per_model": per_model, "comparisons": comparisons}
 
 
 # ============================================================================ image grids
@@ -1315,7 +1317,7 @@ def before_after_grid(run_dir: Path, images, prompts, judgments, ba: dict, path:
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), f"same prompt and seed per row; frame: {judge} says aligned (green) / not (red)", fill="black")
     for c, m in enumerate(models):
-        draw.text((4, 18 + 14 * c), f"column {c + 1}: {m}", fill="black")
+        draw.text((4, 18 + 14 * c), f"column {c + 1}: {ba.get('labels', {}).get(m, m)}", fill="black")
         draw.text((label_w + c * (cell + pad) + cell // 2 - 4, head_h - 16), str(c + 1), fill="black")
     for r, (row, meta) in enumerate(zip(ids, pick.itertuples())):
         y = head_h + r * (cell + pad)

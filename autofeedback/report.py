@@ -222,16 +222,19 @@ def format_terminal(metrics: dict) -> str:
         lines.append("")
         lines.append(f"before/after by judge {ba['judge']} on {ba['n_prompts']} shared prompts"
                      + (f" (split {ba['split']})" if ba.get("split") else "") + ":")
+        lab = ba.get("labels") or {}
         for m, v in ba["per_model"].items():
             best = v.get("best_of_n")
             extra = f"; best of {best['n']} by the judge {_fmt(best, True)}" if best and best.get("n", 0) > 1 else ""
-            lines.append(f"  {m}: aligned {_fmt(v['alignment'], True)}, mean score {_fmt(v['mean_score'])}{extra}")
+            lines.append(f"  {lab.get(m, m)}: aligned {_fmt(v['alignment'], True)}, mean score "
+                         f"{_fmt(v['mean_score'])}{extra}")
         for c in ba["comparisons"]:
             d = c["alignment_diff"]
             diff = "-" if not d or d["value"] is None else \
                 f"{100 * d['value']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
             wr = c["win_rate"]
-            lines.append(f"  {c['b']} vs {c['a']}: alignment {diff}, win rate {_fmt(wr, True)} "
+            lines.append(f"  {lab.get(c['b'], c['b'])} vs {lab.get(c['a'], c['a'])}: alignment {diff}, "
+                         f"win rate {_fmt(wr, True)} "
                          f"({wr['wins']} wins, {wr['ties']} ties, {wr['losses']} losses)")
     if not lines:
         lines.append("nothing to report: no human labels and no before/after comparison")
@@ -427,7 +430,7 @@ def plot_before_after(ba: dict) -> str | None:
             los.append(v["value"] - (v["ci95"][0] if v["ci95"][0] is not None else v["value"]))
             his.append((v["ci95"][1] if v["ci95"][1] is not None else v["value"]) - v["value"])
         ax.bar(x + (k - (len(models) - 1) / 2) * width, vals, width, yerr=[los, his], capsize=3,
-               color=COLORS[k % len(COLORS)], label=m)
+               color=COLORS[k % len(COLORS)], label=(ba.get("labels") or {}).get(m, m))
     ax.set_xticks(x)
     ax.set_xticklabels(keys, fontsize=9)
     ax.set_ylim(0, 1.05)
@@ -715,11 +718,13 @@ def _before_after_html(ba: dict) -> str:
               if ba["n_prompts_dropped"] else "")
            + ". Rates count images; CIs from a bootstrap over prompts (paired across models).</p>"]
     concepts = sorted({c for m in ba["models"] for c in ba["per_model"][m]["concepts"]})
+    lab = ba.get("labels") or {}
     out.append('<table class="sortable"><thead><tr><th>model</th><th>images</th><th>aligned</th>'
                + "".join(f"<th>{_e(c)}</th>" for c in concepts) + "<th>mean score</th></tr></thead><tbody>")
     for m in ba["models"]:
         pm = ba["per_model"][m]
-        out.append(f"<tr><td>{_e(m)}</td><td>{pm['n_images']}</td>{_cell(pm['alignment'], True)}"
+        out.append(f"<tr><td title=\"{_e(m)}\">{_e(lab.get(m, m))}</td><td>{pm['n_images']}</td>"
+                   f"{_cell(pm['alignment'], True)}"
                    + "".join(_cell(pm["concepts"].get(c), True) for c in concepts) + f"{_cell(pm['mean_score'])}</tr>")
     out.append("</tbody></table>")
     out.append("<table><thead><tr><th>comparison</th><th>alignment Δ</th>"
@@ -727,7 +732,8 @@ def _before_after_html(ba: dict) -> str:
                + "<th>win rate</th><th>wins / ties / losses</th></tr></thead><tbody>")
     for c in ba["comparisons"]:
         wr = c["win_rate"]
-        out.append(f"<tr><td>{_e(c['b'])} vs {_e(c['a'])}</td>{_cell(c['alignment_diff'], diff=True)}"
+        out.append(f"<tr><td>{_e(lab.get(c['b'], c['b']))} vs {_e(lab.get(c['a'], c['a']))}</td>"
+                   f"{_cell(c['alignment_diff'], diff=True)}"
                    + "".join(_cell(c["concept_diffs"].get(q), diff=True) for q in concepts)
                    + f"{_cell(wr, True)}<td>{wr['wins']} / {wr['ties']} / {wr['losses']}</td></tr>")
     out.append("</tbody></table>")

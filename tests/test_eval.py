@@ -470,3 +470,23 @@ def test_chromium_console_check_catches_errors(shapes_run, tmp_path):
     console = _console(proc.stderr)
     assert any("did not load: broken" in line for line in console), proc.stderr[-3000:]
     assert any("noSuchFunction" in line for line in console), proc.stderr[-3000:]
+
+
+def test_model_labels_are_short_names_full_paths_stay_in_json():
+    from autofeedback.alignment import short_name, short_names
+    from autofeedback.report import format_terminal
+
+    assert short_name("/w/data/models/shapes-countnoise") == "shapes-countnoise"
+    assert short_name("/w/runs/shapes/rwr/pipeline") == "rwr"
+    assert short_name("/w/data/models/shapes-tiny+lora:/w/runs/shapes/dpo/lora") == "shapes-tiny+dpo"
+    assert short_name("stable-diffusion-v1-5/stable-diffusion-v1-5") == "stable-diffusion-v1-5"
+    assert short_names(["/a/rwr/pipeline", "/b/rwr/pipeline", "/c/m"]) == {   # a collision keeps full names
+        "/a/rwr/pipeline": "/a/rwr/pipeline", "/b/rwr/pipeline": "/b/rwr/pipeline", "/c/m": "m"}
+    long_a, long_b = "/very/long/machine/path/data/models/base", "/very/long/machine/path/runs/x/rwr/pipeline"
+    images = pd.DataFrame({"image_id": ["i1", "i2"], "prompt_id": ["p1", "p1"], "model": [long_a, long_b],
+                           "created_at": [_t(0), _t(5)]})
+    ba = evaluate.before_after(images, pd.DataFrame([_j("i1", False, 0.0, False), _j("i2", True, 1.0, True)]),
+                               n_boot=50)
+    assert ba["models"] == [long_a, long_b] and ba["labels"] == {long_a: "base", long_b: "rwr"}
+    text = format_terminal({"before_after": ba})
+    assert "  rwr vs base: alignment +100.0 pts" in text and "/very/long" not in text
