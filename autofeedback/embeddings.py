@@ -10,7 +10,6 @@ features (get_image_features / get_text_features), not normalized; users normali
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow as pa
 
 from . import tables
 from .errors import InputError
+from .images import decode_image
 
 WRITE_EVERY = 4096  # rows per shard: what a killed embed run can lose
 
@@ -35,7 +35,8 @@ class Clip:
         from transformers import CLIPModel, CLIPProcessor
         from transformers.utils import logging as hf_logging
 
-        from .generate import HUB_ID, missing_model_hint, model_fingerprint
+        from .generate import model_fingerprint
+        from .model_paths import HUB_ID, missing_model_hint
 
         self.path = str(path)
         if not Path(self.path).exists() and (not HUB_ID.match(self.path) or self.path.startswith((".", "/", "~"))):
@@ -80,10 +81,10 @@ class Clip:
 
 
 def _decode(data: bytes, name):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        return decode_image(data)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"image {name} does not decode ({type(exc).__name__}: {exc}); regenerate it or drop its "
                          f"row (embeddings computed so far are kept)") from None
@@ -114,11 +115,12 @@ class Cache:
                     self.vectors[(kind, key)] = vec
 
     def image_matrix(self, image_ids: list[str], pngs) -> np.ndarray:
-        """Features of these images (pngs: a list of bytes or a callable image_id -> bytes for the missing)."""
+        """Features of these images. pngs: a list of bytes (one per id), or a callable called once with the ids
+        the cache lacks, returning {image_id: bytes} for them (`image_loader`: only those images are read)."""
         missing = sorted({i for i in image_ids if ("image", i) not in self.vectors})
         if missing:
-            get = pngs if callable(pngs) else dict(zip(image_ids, pngs)).__getitem__
-            self._fill("image", missing, lambda ids: self.clip.images([get(i) for i in ids], ids),
+            by_id = pngs(missing) if callable(pngs) else dict(zip(image_ids, pngs))
+            self._fill("image", missing, lambda ids: self.clip.images([by_id[i] for i in ids], ids),
                        [None] * len(missing))
         return np.stack([self.vectors[("image", i)] for i in image_ids]) if image_ids else \
             np.zeros((0, self.clip.dim), np.float32)
@@ -190,32 +192,18 @@ def run(cfg) -> dict:
                 texts.add(row["prompt"])
                 texts.update(row["perturbed"] or [])
         texts.discard(None)
-        image_bytes = image_loader(images_path)
-        cache.image_matrix(image_ids, image_bytes)
+        cache.image_matrix(image_ids, image_loader(images_path))
         cache.text_matrix(sorted(texts))
         tables.compact(tables.table_path(run_dir, "embeddings"), "embeddings")
     return {"clip": clip.path, "images": len(image_ids), "texts": len(texts), "computed": cache.computed,
             "seconds": {k: round(v, 2) for k, v in cache.seconds.items()}}
 
 
-def image_loader(images_path: Path, wanted: list[str] | None = None):
-    """image_id -> encoded bytes, reading the image column once, and only when an image is missing from the
-    cache. `wanted`: ids that must all be in the table (else one clear error, before any embedding)."""
-    state: dict[str, bytes] = {}
-
-    def get(image_id: str) -> bytes:
-        if not state:
-            t = tables.read(images_path, "images", columns=["image_id", "image"])
-            for iid, img in zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()):
-                state[iid] = img["bytes"] if img else None
-            missing = set(wanted or ()) - set(state)
-            if missing:
-                raise InputError(f"{len(missing)} images are not in {images_path} (e.g. {sorted(missing)[0]})")
-        if state.get(image_id) is None:
-            raise InputError(f"{images_path}: image {image_id} has no image bytes")
-        return state[image_id]
-
-    return get
+def image_loader(images_path: Path, what: str = ""):
+    """For `Cache.image_matrix`: ids -> {image_id: encoded bytes}, reading only those images (the ones the cache
+    lacks; none when it has them all). An id not in the table, or without bytes, is one clear error before any
+    embedding (`what` names the images in it)."""
+    return lambda ids: tables.images_by_id(images_path, ids, what)
 
 
 def format_summary(s: dict, cfg=None) -> str:

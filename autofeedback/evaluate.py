@@ -73,6 +73,7 @@ import numpy as np
 from . import protocol, stats, tables
 from .config import EvalConfig
 from .errors import InputError
+from .images import decode_image
 from .labels import FIRST, NO, SECOND, TIE, YES  # one answer vocabulary with import-labels
 
 RATER_COLUMNS = ("rater", "annotator", "judge", "worker_id", "worker")
@@ -1273,7 +1274,7 @@ def image_grids(run_dir: Path, images, judges, agreement, ba, cfg, k: int | None
     if not wanted:
         return []
     need = sorted({it for _, _, lst in wanted for it, _ in lst})
-    png = _image_bytes(run_dir, need)
+    png = tables.images_by_id(run_dir, need, strict=False)
     for title, note, lst in wanted:
         grids.append({"title": title, "note": note,
                       "items": [{"image_id": it, "png": png.get(it), "caption": c} for it, c in lst]})
@@ -1309,7 +1310,7 @@ def before_after_grid(run_dir: Path, images, prompts, judgments, ba: dict, path:
     key = key.drop_duplicates(["prompt_id", "seed", "model"], keep="last").set_index(["prompt_id", "seed", "model"])
     key = key["image_id"]
     ids = [[key.loc[(r.prompt_id, r.seed, m)] for m in models] for r in pick.itertuples()]
-    pngs = _image_bytes(run_dir, sorted({i for row in ids for i in row}))
+    pngs = tables.images_by_id(run_dir, {i for row in ids for i in row}, strict=False)
     label_w, pad = 300, 4
     head_h = 14 * (len(models) + 2) + 8
     width = max(label_w + len(models) * (cell + pad), 640)
@@ -1329,22 +1330,13 @@ def before_after_grid(run_dir: Path, images, prompts, judgments, ba: dict, path:
             tile = Image.new("RGB", (cell - 8, cell - 8), (230, 230, 230))
             if data:
                 try:
-                    tile = Image.open(io.BytesIO(data)).convert("RGB").resize((cell - 8, cell - 8), Image.NEAREST)
+                    tile = decode_image(data).resize((cell - 8, cell - 8), Image.NEAREST)
                 except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
                     pass  # an undecodable image stays a grey tile: the report still gets written
             canvas.paste(ImageOps.expand(tile, border=4, fill=frame), (x, y))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return tables.write_atomic(path, buf.getvalue())
-
-
-def _image_bytes(run_dir: Path, ids: list[str]) -> dict[str, bytes]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    t = tables.read(tables.table_path(run_dir, "images"), "images", columns=["image_id", "image"])
-    t = t.filter(pc.is_in(t.column("image_id"), value_set=pa.array(ids, pa.string())))
-    return {r["image_id"]: (r["image"] or {}).get("bytes") for r in t.to_pylist()}
 
 
 # ============================================================================ metrics.json

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 from . import tables
 from .config import ExportConfig
 from .errors import InputError
+from .images import decode_image
 from .redact import SECRET_NAME, env_secrets, redact
 
 SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
@@ -141,8 +142,7 @@ def _lookup_images(run_dir: Path, wanted: set[str]) -> dict[str, dict]:
     path = tables.table_path(run_dir, "images")
     if not wanted or not tables.exists(path):
         return {}
-    t = tables.read(path, "images", columns=["image_id", "model", "image"])
-    t = t.filter(pc.is_in(t.column("image_id"), pa.array(sorted(wanted), pa.string())))
+    t = tables.read_ids(path, "images", wanted, columns=["image_id", "model", "image"])
     return {r["image_id"]: r for r in t.to_pylist()}
 
 
@@ -195,13 +195,11 @@ def _augmentations_table(run_dir: Path) -> pa.Table | None:
 
 def _pickapic_table(prefs: pa.Table, images: dict, cfg: ExportConfig) -> pa.Table:
     """Pick-a-Pic v2 columns. jpg_0/jpg_1 are JPEG bytes; the chosen side is a seeded coin flip per pair."""
-    from PIL import Image
-
     jpeg: dict[str, bytes] = {}
 
     def as_jpeg(image_id: str) -> bytes:
         if image_id not in jpeg:
-            img = Image.open(io.BytesIO(images[image_id]["image"]["bytes"])).convert("RGB")
+            img = decode_image(images[image_id]["image"]["bytes"])
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=cfg.jpeg_quality)
             jpeg[image_id] = buf.getvalue()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,8 +26,7 @@ from . import prompts as prompts_mod
 from . import tables
 from .config import GenerateConfig
 from .errors import InputError
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from .model_paths import check_model_path
 
 
 def image_seed(base_seed: int, prompt_id: str, index: int) -> int:
@@ -85,27 +83,6 @@ def _load_hash_cache() -> dict:
         return json.loads(_HASH_CACHE.read_text())
     except (OSError, ValueError):
         return {}
-
-
-# The shapes models are repository files (data/models/, ~12 MB), not package data: an installed wheel has none.
-SHIPPED_MODELS = ("shapes-tiny", "shapes-clip")
-
-
-def missing_model_hint(model: str) -> str:
-    """What to do when a shipped shapes model's folder is not there (say, the CLI runs outside a clone)."""
-    if Path(model).name in SHIPPED_MODELS:
-        return (f" ({Path(model).name} is a repository file, not in the installed package: run from a clone of "
-                f"the repository, or pass the full path to its data/models/{Path(model).name})")
-    return ""
-
-
-def check_model_path(model: str) -> None:
-    path = Path(model)
-    if path.exists():
-        if not (path / "model_index.json").exists():
-            raise InputError(f"model {model!r} is not a diffusers pipeline folder (no model_index.json in it)")
-    elif not HUB_ID.match(model) or model.startswith((".", "/", "~")):
-        raise InputError(f"model path not found: {model}{missing_model_hint(model)}")
 
 
 def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora: str | None = None,

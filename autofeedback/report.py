@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .images import decode_image
+
 METRIC_NAMES = {
     "spearman": "Spearman ρ", "kendall_tau_b": "Kendall τ-b", "kendall_tau_c": "Kendall τ-c",
     "pairwise_accuracy": "pairwise acc.", "accuracy_4way": "4-way acc.",
@@ -766,7 +768,7 @@ def _thumbnail(png: bytes, side: int = 160) -> bytes:
     """Re-encode as PNG, enlarged (nearest) or shrunk to about `side` pixels."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(png)).convert("RGB")
+    img = decode_image(png)
     scale = side / max(img.size)
     if abs(scale - 1) > 0.05:
         size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))

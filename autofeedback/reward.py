@@ -170,7 +170,7 @@ def load(cfg, cache: Cache) -> Data:
     texts = sorted(texts)
     img_index = {i: k for k, i in enumerate(img_ids)}
     txt_index = {t: k for k, t in enumerate(texts)}
-    img = cache.image_matrix(img_ids, image_loader(paths["images"], img_ids))
+    img = cache.image_matrix(img_ids, image_loader(paths["images"], "labeled or paired"))
     txt = cache.text_matrix(texts)
 
     lab = labels.to_pylist()

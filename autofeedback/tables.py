@@ -11,6 +11,10 @@ newest by created_at: a crash between writing a compacted shard and deleting the
 duplicates that nobody sees, and a retried request's row supersedes its api_error row. A stage that
 supersedes rows compacts the table when it finishes (`compact`), so a plain `pd.read_parquet` sees each
 key once too. A single-file Parquet table is read the same way, so users' own files work too.
+
+A few rows by key (`read_ids`, `images_by_id`) read every shard's key column, then only the Parquet row
+groups that hold a wanted key. Images shards are written in row groups of about ROW_GROUP_BYTES, so looking
+up a few images reads those images' pixels (and at most their row groups' neighbours'), not the table's.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ ANSWER = pa.struct([
     ("question", pa.string()), ("expected", pa.string()), ("answer", pa.string()), ("correct", pa.bool_()),
 ])
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+# Row groups of a table with an image column hold about this many bytes: the unit a lookup by key reads.
+ROW_GROUP_BYTES = 4 << 20
 
 SCHEMAS: dict[str, pa.Schema] = {
     # One row per text-to-image prompt. metadata is a JSON object (counts, colors, questions...).
@@ -257,6 +263,102 @@ def _dedupe(table: pa.Table, key: str) -> pa.Table:
     return table.take(pa.array(np.sort(order[last])))
 
 
+def read_ids(path: str | Path, table_name: str, ids: Iterable[str], columns: Sequence[str] | None = None,
+             required: bool = True) -> pa.Table:
+    """The rows whose key is in `ids`, validated and deduplicated as `read` does (newest by created_at).
+
+    Each shard's key column is read first; a shard with none of the keys is not read further, and in the
+    others only the row groups holding a wanted key are scanned, with a pyarrow dataset filter on the key.
+    So the other rows' large values (an image's pixels) are never materialized: at most those sharing a row
+    group with a wanted row are decoded (see ROW_GROUP_BYTES). Keys not in the table are simply absent.
+    """
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    path = Path(path)
+    shards = _shards(path)
+    if not shards and required:
+        raise InputError(f"{path}: no {table_name} table here (file or folder not found)")
+    key = KEYS[table_name]
+    cols = list(dict.fromkeys([key, *(columns if columns is not None else SCHEMAS[table_name].names)]))
+    extra = "created_at" not in cols and "created_at" in SCHEMAS[table_name].names
+    wanted = pa.array(sorted({i for i in ids if i is not None}), pa.string())
+    parts = []
+    for shard in shards if len(wanted) else []:
+        try:
+            with pq.ParquetFile(shard) as pf:
+                schema = pf.schema_arrow
+                shard_cols = [*cols, "created_at"] if extra and "created_at" in schema.names else cols
+                conform(schema.empty_table(), table_name, shard, shard_cols)  # names a missing or mistyped column
+                keys = pf.read(columns=[key]).column(key)
+                meta = pf.metadata
+            if not pa.types.is_string(keys.type):
+                keys = keys.cast(pa.string())
+            rows = pc.indices_nonzero(pc.is_in(keys, value_set=wanted)).to_numpy()
+            if not len(rows):
+                continue
+            ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+            groups = np.unique(np.searchsorted(ends, rows, side="right")).tolist()
+            fragment = ds.ParquetFileFormat().make_fragment(str(shard.resolve()), _local_fs(), row_groups=groups)
+            value_set = wanted.cast(pa.large_string()) if pa.types.is_large_string(schema.field(key).type) else wanted
+            t = fragment.to_table(columns=shard_cols, filter=pc.field(key).isin(value_set))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise InputError(f"{shard}: not a readable Parquet file ({exc})") from None
+        parts.append(conform(t, table_name, shard, shard_cols))
+    if not parts:
+        return empty(table_name).select(cols)
+    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+    table = _dedupe(table, key)
+    if extra and "created_at" in table.column_names:
+        table = table.drop_columns(["created_at"])
+    return table
+
+
+def _local_fs():
+    import pyarrow.fs
+
+    return pyarrow.fs.LocalFileSystem()
+
+
+def images_by_id(run_dir_or_images_path: str | Path, ids: Iterable[str], what: str = "requested",
+                 strict: bool = True) -> dict[str, bytes]:
+    """image_id -> encoded image bytes (PNG...), for these ids only: `read_ids`, so the other rows' pixels are
+    not read (beyond those sharing a Parquet row group with a wanted image; none in other shards).
+
+    The argument is a run directory (its images.parquet) or an images table (a shard folder or one file).
+    strict: every id must be in the table with image bytes, else one InputError (how many, an example, the
+    table), before any work is done; not strict: the ids that are absent or have no bytes are left out.
+    """
+    path = _images_table(run_dir_or_images_path)
+    wanted = {i for i in ids if i is not None}
+    t = read_ids(path, "images", wanted, columns=["image_id", "image"])
+    found, no_bytes = {}, []
+    for image_id, image in zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()):
+        data = (image or {}).get("bytes")
+        if data is None:
+            no_bytes.append(image_id)
+        else:
+            found[image_id] = data
+    if strict:
+        what = f"{what} " if what else ""
+        missing = wanted - set(found) - set(no_bytes)
+        if missing:
+            raise InputError(f"{len(missing)} {what}images are not in {path} (e.g. {sorted(missing)[0]})")
+        if no_bytes:
+            raise InputError(f"{path}: {len(no_bytes)} {what}images have no image bytes (e.g. {sorted(no_bytes)[0]})")
+    return found
+
+
+def _images_table(path: str | Path) -> Path:
+    """A run directory -> its images table; an images table (a .parquet file or folder, or a shard folder) as is."""
+    p = Path(path)
+    if p.suffix == ".parquet" or p.is_file():
+        return p
+    if p.is_dir() and not (p / "images.parquet").exists() and any(s.is_file() for s in _shards(p)):
+        return p
+    return table_path(p, "images")
+
+
 def read_keys(path: str | Path, table_name: str) -> set[str]:
     t = read(path, table_name, columns=[KEYS[table_name]], required=False)
     return set(t.column(KEYS[table_name]).to_pylist())
@@ -292,11 +394,20 @@ def append(path: str | Path, rows: Iterable[Mapping] | pa.Table, table_name: str
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     name = f"part-{stamp}-{tag or 'r0'}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = path / f".{name}.tmp"
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, row_group_size=_row_group_size(table, table_name))
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path / name)
     return path / name
+
+
+def _row_group_size(table: pa.Table, table_name: str) -> int | None:
+    """Rows per row group: pyarrow's default, except about ROW_GROUP_BYTES for a table with an image column,
+    so that `read_ids` reads a few images' row groups and not the pixels of the whole shard."""
+    if not any(f.type == IMAGE for f in SCHEMAS[table_name]):
+        return None
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    return max(1, min(table.num_rows, ROW_GROUP_BYTES // per_row))
 
 
 def compact(path: str | Path, table_name: str, min_shards: int = 8) -> None:

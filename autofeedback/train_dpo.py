@@ -43,18 +43,7 @@ def load_pairs(run_dir: Path, limit: int | None, source: str | None = None) -> t
     if limit:
         prefs = prefs[:limit]
     needed = {r["chosen_image_id"] for r in prefs} | {r["rejected_image_id"] for r in prefs}
-    return prefs, image_bytes(run_dir, needed, "preference")
-
-
-def image_bytes(run_dir: Path, needed: set[str], what: str) -> dict[str, bytes]:
-    images = tables.read(tables.table_path(run_dir, "images"), "images", columns=["image_id", "image"])
-    by_id = {i: im["bytes"] for i, im in zip(images.column("image_id").to_pylist(), images.column("image").to_pylist())
-             if i in needed}
-    missing = needed - set(by_id)
-    if missing:
-        raise InputError(f"{len(missing)} {what} images are not in {run_dir}/images.parquet "
-                         f"(e.g. {sorted(missing)[0]})")
-    return by_id
+    return prefs, tables.images_by_id(run_dir, needed, "preference")
 
 
 def _loss(model_w, model_l, ref_w, ref_l, beta: float, kind: str):

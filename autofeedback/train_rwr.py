@@ -32,7 +32,6 @@ import torch
 from . import tables, training
 from .config import TrainRWRConfig
 from .errors import InputError
-from .train_dpo import image_bytes
 
 
 def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
@@ -115,20 +114,22 @@ def _allowed_images(run_dir: Path, images: list[dict], split: str | None, model:
 def run(cfg: TrainRWRConfig) -> dict:
     # 1. Check inputs: rewards for the run's samples, and the regularizer set.
     samples = load_rewards(cfg)
-    reg_table = cfg.reg_images or tables.table_path(cfg.run_dir, "images")
+    run_images = tables.table_path(cfg.run_dir, "images")
+    reg_table = cfg.reg_images or run_images
     reg = tables.read(reg_table, "images", columns=["image_id", "prompt", "prompt_id", "model"]).to_pylist()
     if cfg.reg_images is None:  # the run's own images: the same filters as the rewarded samples
         keep = _allowed_images(Path(cfg.run_dir), reg, cfg.split, cfg.images_model)
         reg = [r for r in reg if r["image_id"] in keep]
     if not reg and (cfg.reg_weight or cfg.anchor_weight):
         raise InputError(f"{reg_table}: the regularizer set is empty")
-    images = image_bytes(Path(cfg.run_dir), {x["image_id"] for x in samples}, "rewarded")
+    images = tables.images_by_id(run_images, {x["image_id"] for x in samples}, "rewarded")
     reg_bytes = {}
     use_reg = bool(cfg.reg_weight or cfg.anchor_weight)
-    if use_reg:
-        reg_all = tables.read(reg_table, "images", columns=["image_id", "image"])
-        reg_bytes = {i: im["bytes"] for i, im in zip(reg_all.column("image_id").to_pylist(),
-                                                      reg_all.column("image").to_pylist())}
+    if use_reg:  # the regularizer set's images only (after the filters); those already read are shared, not reread
+        reg_ids = {r["image_id"] for r in reg}
+        shared = reg_ids & set(images) if Path(reg_table).resolve() == run_images.resolve() else set()
+        reg_bytes = tables.images_by_id(reg_table, reg_ids - shared, "regularizer")
+        reg_bytes.update((i, images[i]) for i in shared)
     mean_reward = float(np.mean([x["reward"] for x in samples]))
     # 2. Load the pipeline, resume.
     s = training.setup(cfg, need_reference=cfg.anchor_weight > 0)

@@ -5,7 +5,6 @@ checkpoints that resume, and saving weights that `generate --lora` loads.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .images import decode_image
+from .model_paths import check_model_path
 
 
 class NonFiniteLoss(RuntimeError):
@@ -149,7 +150,7 @@ def to_tensor(png: bytes, size: tuple[int, int]):
     import torch
     from PIL import Image
 
-    img = Image.open(io.BytesIO(png)).convert("RGB")
+    img = decode_image(png)
     if img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
@@ -164,8 +165,6 @@ def setup(cfg, need_reference: bool) -> Setup:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler, DiffusionPipeline
-
-    from .generate import check_model_path
 
     check_model_path(cfg.model)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,

@@ -11,11 +11,11 @@ status=error and the reason, never a guess.
 
 from __future__ import annotations
 
-import io
 import json
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
+from ..images import decode_image
 from ..shapes import checker
 from ..shapes.world import Scene, parse_prompt
 
@@ -48,7 +48,7 @@ class ShapesJudge:
         except (ValueError, TypeError, KeyError) as exc:
             return {"status": "error", "error": f"not a shapes-world prompt: {exc}"}
         try:
-            image = Image.open(io.BytesIO(request["images"][0])).convert("RGB")
+            image = decode_image(request["images"][0])
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             return {"status": "error", "error": f"image does not decode: {exc}"}
         verdict = checker.check(image, scene)
