@@ -71,8 +71,9 @@ def run(cfg: TrainDPOConfig) -> dict:
     rank, world = s.accelerator.process_index, s.accelerator.num_processes
     t0 = time.perf_counter()
     s.train_mode()
+    micro = 0  # micro-batch within the optimizer step (--grad-accum)
     while s.step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, s.step, rank])  # the same batches after a resume
+        rng = training.batch_rng(cfg.seed, s.step, rank, micro)  # the same batches after a resume
         with s.accelerator.accumulate(*s.models):
             idx = rng.choice(len(prefs), size=cfg.batch_size, replace=len(prefs) < cfg.batch_size)
             batch = [prefs[i] for i in idx]
@@ -88,8 +89,10 @@ def run(cfg: TrainDPOConfig) -> dict:
             if cfg.sft_weight:
                 loss = loss + cfg.sft_weight * mw.mean()
             training.optimize(s, loss, cfg)
+        micro += 1
         if s.accelerator.sync_gradients:
             s.step += 1
+            micro = 0
             rec = {"step": s.step, "loss": round(loss.item(), 6),
                    "implicit_acc": round(float((z.detach() > 0).float().mean()), 4),
                    "reward_margin": round(float(z.detach().mean()), 6),

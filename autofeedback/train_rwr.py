@@ -145,8 +145,9 @@ def run(cfg: TrainRWRConfig) -> dict:
     rank = s.accelerator.process_index
     t0 = time.perf_counter()
     s.train_mode()
+    micro = 0  # micro-batch within the optimizer step (--grad-accum)
     while s.step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, s.step, rank])
+        rng = training.batch_rng(cfg.seed, s.step, rank, micro)  # the same batches after a resume
         with s.accelerator.accumulate(*s.models):
             batch = [samples[i] for i in rng.choice(len(samples), size=cfg.batch_size, p=probs)]
             pngs = [images[b["image_id"]] for b in batch]
@@ -172,8 +173,10 @@ def run(cfg: TrainRWRConfig) -> dict:
                 anchor = training.anchor_loss(pred[n:], ref).mean()
             loss = weighted + cfg.reg_weight * reg_loss + cfg.anchor_weight * anchor
             training.optimize(s, loss, cfg)
+        micro += 1
         if s.accelerator.sync_gradients:
             s.step += 1
+            micro = 0
             rec = {"step": s.step, "loss": round(loss.item(), 6), "weighted": round(weighted.item(), 6),
                    "reg": round(float(reg_loss.detach()), 6), "anchor": round(float(anchor.detach()), 8),
                    "seconds": round(time.perf_counter() - t0, 2)}

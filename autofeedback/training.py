@@ -139,6 +139,12 @@ class Setup:
         return ((self.reference_pred(noisy, t, emb).float() - target.float()) ** 2).mean(dim=(1, 2, 3))
 
 
+def batch_rng(seed: int, step: int, rank: int, micro: int = 0) -> np.random.Generator:
+    """The generator of one micro-batch: a function of (seed, optimizer step, process, micro-batch), so a resumed
+    run draws the same batches, noise and timesteps, and with --grad-accum each micro-batch its own."""
+    return np.random.default_rng([seed, step, rank] if micro == 0 else [seed, step, rank, micro])
+
+
 def anchor_loss(pred, ref_pred):
     """KL to the reference, per sample: the KL between two Gaussian denoising steps of equal variance is a
     constant times the squared difference of their means, i.e. of the two models' predictions at the same

@@ -75,3 +75,16 @@ def test_lora_with_alpha_other_than_rank_reloads_at_its_trained_scale(pref_run, 
         out_base = base(z, t, encoder_hidden_states=emb).sample
     assert not torch.allclose(out_expected, out_base, atol=1e-5)  # the adapter does something
     np.testing.assert_allclose(out_loaded.numpy(), out_expected.numpy(), atol=1e-5)
+
+
+def test_each_micro_batch_of_an_accumulated_step_draws_its_own_batch():
+    """--grad-accum N: the N micro-batches of one optimizer step get different batches, noise and timesteps
+    (they used to share one generator seeded by the step); with N=1 the stream is what it always was."""
+    import numpy as np
+
+    from autofeedback.training import batch_rng
+
+    draws = [batch_rng(0, 7, 0, micro).integers(2**31, size=4).tolist() for micro in range(3)]
+    assert len({tuple(d) for d in draws}) == 3
+    assert draws[0] == np.random.default_rng([0, 7, 0]).integers(2**31, size=4).tolist()
+    assert batch_rng(0, 7, 0, 1).integers(2**31, size=4).tolist() == draws[1]  # resumable: a pure function
