@@ -7,15 +7,41 @@ The CLI builds these from flags; `autofeedback run PIPELINE.yaml` builds them fr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputError
 
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def name_values(items, flag: str, form: str, example: str, convert=str, split=str.partition) -> dict:
+    """NAME=VALUE strings (the CLI's repeatable flags; a YAML list) -> {NAME: VALUE}; a mapping passes through.
+
+    Shared by YAML and the CLI: the config's field validators call it, so both read the same syntax."""
+    if isinstance(items, dict) or items is None:
+        return items
+    out = {}
+    for item in [items] if isinstance(items, str) else items:
+        name, eq, value = split(str(item), "=")
+        try:
+            if not eq or not name.strip() or not value.strip():
+                raise ValueError
+            out[name.strip()] = convert(value.strip())
+        except ValueError:
+            raise ValueError(f"{flag} {item!r}: expected {form}, e.g. {example}") from None
+    return out
+
+
+def comma_list(items) -> list | None:
+    """'a,b' or ['a,b', 'c'] -> ['a', 'b', 'c'] (a flag given comma-separated or repeated; a YAML list)."""
+    if items is None:
+        return None
+    parts = [p.strip() for item in ([items] if isinstance(items, str) else items) for p in str(item).split(",")]
+    return [p for p in parts if p]
 
 
 class GenerateConfig(StageConfig):
@@ -294,6 +320,25 @@ class EvalConfig(StageConfig):
                                          "NAME=USD (overrides judgments.cost_usd; judges with no cost are free)")
     budget: float | None = Field(None, ge=0, description="USD budget of the greedy judge selection (default: none)")
 
+    @field_validator("judge_cost", mode="before")
+    @classmethod
+    def _judge_cost(cls, v):
+        return name_values(v, "--judge-cost", "NAME=USD", "gpt-4o=1.25", float, str.rpartition)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v):
+        return comma_list(v) or None
+
+    @field_validator("ensemble", mode="before")
+    @classmethod
+    def _ensemble(cls, v):  # comma-separated or repeated; 'all' = every method
+        methods = get_args(get_args(cls.model_fields["ensemble"].annotation)[0])
+        out: list = []
+        for m in comma_list(v) or []:
+            out += [x for x in (methods if m == "all" else [m]) if x not in out]
+        return out
+
 
 # ------------------------------------------------------------------------ preference datasets (issue #5)
 JUDGE_MODES = ("pointwise", "pairwise", "listwise", "caption", "vqa")
@@ -352,6 +397,11 @@ class ImportLabelsConfig(StageConfig):
                                                "as text")
     prompts: bool = Field(True, description="also add the prompts given as text to RUN/prompts.parquet")
 
+    @field_validator("column_map", mode="before")
+    @classmethod
+    def _column_map(cls, v):
+        return name_values(v, "--map", "FIELD=COLUMN", "image_ids=generations")
+
 
 class ExportConfig(StageConfig):
     run_dir: Path = Field(description="run directory with preferences.parquet and images.parquet")
@@ -408,6 +458,26 @@ class LabelConfig(StageConfig):
                                                               "of those tasks into human_labels")
 
 
-STEP_CONFIGS.update({"embed": EmbedConfig, "train_reward": TrainRewardConfig,
-                     "generate": GenerateConfig, "judge": JudgeConfig, "pairs": PairsConfig,
-                     "train_dpo": TrainDPOConfig, "train_rwr": TrainRWRConfig, "eval": EvalConfig})
+class Stage(NamedTuple):
+    config: type[StageConfig]
+    module: str                # has run(cfg) and format_summary(summary, cfg)
+    command: tuple[str, ...]   # CLI command path, e.g. ("train", "dpo")
+    pipeline: bool = True      # a step of a pipeline YAML (`autofeedback run`)
+
+
+# THE registry of stages: the CLI, the pipeline runner (run.py) and STEP_CONFIGS all read it.
+STAGES: dict[str, Stage] = {
+    "generate": Stage(GenerateConfig, "autofeedback.generate", ("generate",)),
+    "judge": Stage(JudgeConfig, "autofeedback.judge", ("judge",)),
+    "pairs": Stage(PairsConfig, "autofeedback.pairs", ("pairs",)),
+    "train_dpo": Stage(TrainDPOConfig, "autofeedback.train_dpo", ("train", "dpo")),
+    "train_rwr": Stage(TrainRWRConfig, "autofeedback.train_rwr", ("train", "rwr")),
+    "eval": Stage(EvalConfig, "autofeedback.evaluate", ("eval",)),
+    "embed": Stage(EmbedConfig, "autofeedback.embeddings", ("embed",)),
+    "train_reward": Stage(TrainRewardConfig, "autofeedback.reward", ("train", "reward")),
+    "import_labels": Stage(ImportLabelsConfig, "autofeedback.labels", ("import-labels",), pipeline=False),
+    "export": Stage(ExportConfig, "autofeedback.export", ("export",), pipeline=False),
+    "publish": Stage(PublishConfig, "autofeedback.publish", ("publish",), pipeline=False),
+    "label": Stage(LabelConfig, "autofeedback.label_server", ("label",), pipeline=False),
+}
+STEP_CONFIGS.update({name: s.config for name, s in STAGES.items() if s.pipeline})

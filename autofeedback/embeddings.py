@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import tables
+from .config import EmbedConfig
 from .errors import InputError
 from .images import decode_image
 
@@ -206,7 +207,7 @@ def image_loader(images_path: Path, what: str = ""):
     return lambda ids: tables.images_by_id(images_path, ids, what)
 
 
-def format_summary(s: dict, cfg=None) -> str:
+def format_summary(s: dict, cfg: EmbedConfig | None = None) -> str:
     c, sec = s["computed"], s["seconds"]
     rate = lambda k: f" ({c[k] / sec[k]:.0f}/s)" if sec[k] > 0 else ""  # noqa: E731
     return (f"embed ({s['clip']}): {s['images']} images, {s['texts']} texts; newly embedded "

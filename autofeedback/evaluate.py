@@ -195,11 +195,11 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     return _public(metrics)
 
 
-def format_summary(summary: dict, cfg) -> str:
+def format_summary(s: dict, cfg: EvalConfig | None = None) -> str:
     """What a pipeline's eval step prints: the same tables as `autofeedback eval`."""
     from . import report
 
-    return "eval:\n" + report.format_terminal(summary)
+    return "eval:\n" + report.format_terminal(s)
 
 
 # ============================================================================ reading inputs

@@ -457,7 +457,7 @@ def build_card(cfg: ExportConfig, run_dir: Path, infos: dict, default: str, prov
     return redact(str(card))
 
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict, cfg: ExportConfig | None = None) -> str:
     lines = [f"exported {s['pairs']} pairs ({s['format']}) to {s['out']} in {s.get('seconds', 0)} s"]
     for name, c in s["configs"].items():
         lines.append(f"  config {name}: {c['rows']} rows in {c['shards']} shard(s)")

@@ -243,10 +243,10 @@ def _distributed(cpu: bool):
     return None
 
 
-def format_summary(s: dict, cfg: GenerateConfig) -> str:
+def format_summary(s: dict, cfg: GenerateConfig | None = None) -> str:
     rate = f", {s['images_per_s']} images/s" if s["images_per_s"] else ""
     return (f"generate: {s['new']} new images in {s['seconds']} s{rate} ({s['planned']} planned, "
-            f"{s['skipped']} already there) -> {Path(cfg.run_dir) / 'images.parquet'}")
+            f"{s['skipped']} already there)" + (f" -> {Path(cfg.run_dir) / 'images.parquet'}" if cfg else ""))
 
 
 def generate_batch(pipe, batch: list[dict], cfg: GenerateConfig, size: tuple[int, int], device: str | None = None):

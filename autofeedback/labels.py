@@ -333,7 +333,7 @@ def _checks(rows: list[dict], kind: str, run_dir) -> dict:
     return out
 
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict, cfg: ImportLabelsConfig | None = None) -> str:
     lines = [f"imported {s['rows']} {s['kind']} from {s['file']} (mode {s['mode']}): {s['written']} new or changed "
              f"rows, {s['prompts_added']} new prompts"]
     lines.append("  annotators: " + ", ".join(f"{k} ({v})" for k, v in sorted(s["annotators"].items())))

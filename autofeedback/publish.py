@@ -59,7 +59,7 @@ def run(cfg: PublishConfig) -> dict:
     return summary
 
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict, cfg: PublishConfig | None = None) -> str:
     text = export.format_summary(s)
     if s["dry_run"]:
         return text + f"\n  dry run: nothing uploaded (would publish to {s['repo_id']})"

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tables
+from .config import TrainRewardConfig
 from .embeddings import Cache, Clip, image_loader
 from .errors import InputError
 
@@ -473,7 +474,7 @@ def _plot(history: list[dict], path: Path, cfg) -> None:
     fig.savefig(path)
 
 
-def format_summary(s: dict, cfg=None) -> str:
+def format_summary(s: dict, cfg: TrainRewardConfig | None = None) -> str:
     if s.get("skipped"):
         head = f"train reward: up to date ({s['out']}; same data and settings)"
     else:

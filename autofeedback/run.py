@@ -23,22 +23,12 @@ import yaml
 
 from . import alignment
 from .evaluate import write_metrics  # the one metrics.json writer (merges with what eval wrote)
-from .config import STEP_CONFIGS, PipelineConfig, build
+from .config import STAGES, STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 
 PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip", "images_model", "anchor_model")
-# stage name in a pipeline YAML -> module with run(cfg) (and optionally format_summary)
-STAGE_MODULES = {"generate": "autofeedback.generate", "judge": "autofeedback.judge",
-                 "pairs": "autofeedback.pairs", "train_dpo": "autofeedback.train_dpo",
-                 "train_rwr": "autofeedback.train_rwr", "eval": "autofeedback.evaluate",
-                 "embed": "autofeedback.embeddings", "train_reward": "autofeedback.reward"}
-
-
-def _describe(stage, name: str, summary: dict, cfg) -> str:
-    fmt = getattr(stage, "format_summary", None)  # every stage's is format_summary(summary, cfg)
-    if fmt is None:
-        return f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
-    return fmt(summary, cfg)
+# stage name in a pipeline YAML -> module with run(cfg) and format_summary(summary, cfg) (from config.STAGES)
+STAGE_MODULES = {name: STAGES[name].module for name in STEP_CONFIGS}
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir: str | Path | None = None):
@@ -123,7 +113,7 @@ def run(path: str | Path, overrides: list[str] | None = None, run_dir: str | Pat
         t0 = time.perf_counter()
         stage = importlib.import_module(STAGE_MODULES[name])
         summary = stage.run(cfg)
-        text = _describe(stage, name, summary, cfg)
+        text = stage.format_summary(summary, cfg)
         summary["seconds_total"] = round(time.perf_counter() - t0, 2)
         stage_summaries.append({"step": i, "stage": name, **summary})
         echo(f"[{i}] {text}")

@@ -104,7 +104,7 @@ def run(cfg: TrainDPOConfig) -> dict:
     return training.finish(cfg, s, history)
 
 
-def format_summary(s: dict, cfg: TrainDPOConfig) -> str:
+def format_summary(s: dict, cfg: TrainDPOConfig | None = None) -> str:
     extra = ""
     if "final_loss" in s:
         extra = f", last-20-step loss {s['final_loss']:.4f}, implicit accuracy {s['final_implicit_acc']:.2f}"

@@ -185,6 +185,6 @@ def run(cfg: TrainRWRConfig) -> dict:
     return training.finish(cfg, s, history)
 
 
-def format_summary(s: dict, cfg: TrainRWRConfig) -> str:
+def format_summary(s: dict, cfg: TrainRWRConfig | None = None) -> str:
     extra = f", last-20-step loss {s['final_loss']:.4f}" if "final_loss" in s else ""
     return f"train rwr: {s['steps']} steps{extra} -> {s['lora'] or s.get('pipeline') or s['out']}"
