@@ -212,6 +212,7 @@ def eval_(
     ece_bins: int = typer.Option(10, help=_help(EvalConfig, "ece_bins")),
     judge_cost: list[str] = typer.Option([], "--judge-cost", help=_help(EvalConfig, "judge_cost") + " (repeatable)"),
     budget: Optional[float] = typer.Option(None, help=_help(EvalConfig, "budget")),
+    progress: bool = typer.Option(True, help=_help(EvalConfig, "progress")),
 ):
     """Agreement of judges with human labels + model before/after -> RUN/report/{metrics.json,report.html}."""
     from .ensemble import METHODS
@@ -243,7 +244,8 @@ def eval_(
                 models=[m.strip() for m in models.split(",") if m.strip()] if models else None, split=split,
                 min_rater_items=min_rater_items, html=html, grid=grid, wait=wait, ensemble=methods,
                 ensemble_judges=ensemble_judge or None, folds=folds, ridge=ridge, calibration=calibration,
-                aligned_threshold=aligned_threshold, ece_bins=ece_bins, judge_cost=costs, budget=budget)
+                aligned_threshold=aligned_threshold, ece_bins=ece_bins, judge_cost=costs, budget=budget,
+                progress=progress)
     from . import evaluate as stage
 
     stage.run(cfg, echo=typer.echo)
@@ -283,6 +285,7 @@ def train_dpo(
     checkpoint_every: int = typer.Option(50, help=_help(TrainDPOConfig, "checkpoint_every")),
     resume: bool = typer.Option(True, help=_help(TrainDPOConfig, "resume")),
     log_every: int = typer.Option(10, help=_help(TrainDPOConfig, "log_every")),
+    progress: bool = typer.Option(True, help=_help(TrainDPOConfig, "progress")),
 ):
     """Diffusion-DPO on the pipeline's UNet from RUN/preferences.parquet (LoRA or full; accelerate-ready)."""
     cfg = build(TrainDPOConfig, "train dpo", **{k: v for k, v in locals().items()})
@@ -331,6 +334,7 @@ def train_rwr(
     checkpoint_every: int = typer.Option(50, help=_help(TrainRWRConfig, "checkpoint_every")),
     resume: bool = typer.Option(True, help=_help(TrainRWRConfig, "resume")),
     log_every: int = typer.Option(10, help=_help(TrainRWRConfig, "log_every")),
+    progress: bool = typer.Option(True, help=_help(TrainRWRConfig, "progress")),
 ):
     """Lee et al.'s reward-weighted likelihood (+ pre-training regularizer) from the run's judgments."""
     cfg = build(TrainRWRConfig, "train rwr", **{k: v for k, v in locals().items()})
