@@ -134,6 +134,7 @@ class TrainConfig(StageConfig):
     keep_checkpoints: int = Field(2, ge=0, description="keep the last N checkpoints (0 = all)")
     resume: bool = Field(True, description="continue from the latest checkpoint in the output folder")
     log_every: int = Field(10, ge=1, description="print every N steps")
+    progress: bool = Field(True, description="show a progress bar with ETA on stderr (when it is a terminal)")
     uncond_prob: float = Field(0.0, ge=0, le=1, description="train with the empty prompt this often (keeps the "
                                                             "unconditional branch classifier-free guidance uses in step)")
     timestep_min: float = Field(0.0, ge=0, lt=1, description="sample training timesteps from this fraction of the "
@@ -297,6 +298,8 @@ class EvalConfig(StageConfig):
     html: bool = Field(True, description="write report/report.html")
     grid: int = Field(8, ge=1, le=64, description="images per grid in the report")
     wait: bool = Field(False, description="if another command is writing to RUN, wait for it instead of exiting")
+    progress: bool = Field(True, description="show a progress bar over the eval steps with ETA on stderr (when it is "
+                                             "a terminal)")
     # judge ensembles and calibration (issue #10; autofeedback/ensemble.py)
     ensemble: list[Literal["zmean", "rankmean", "vote", "learned", "logistic"]] = Field(
         default_factory=list, description="combine the pointwise judges per item: zmean (mean z-score), rankmean "

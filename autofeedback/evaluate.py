@@ -70,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import protocol, stats, tables
+from . import progress, protocol, stats, tables
 from .config import EvalConfig
 from .errors import InputError
 from .images import decode_image
@@ -84,11 +84,32 @@ OWN_KEYS = ("agreement", "judge_health", "before_after", "eval", "ensembles", "c
 
 
 # =============================================================================== the stage
+EVAL_STEPS = ("inputs", "read tables", "read ratings", "judge health", "agreement", "ensembles", "before/after",
+              "report")
+
+
+def _stepper(bar):
+    """step(): the previous eval step is done; the bar names the next one."""
+    done = [0]
+
+    def step() -> None:
+        if done[0]:
+            bar.update(1)
+        if done[0] < len(EVAL_STEPS):
+            bar.set_postfix_str(EVAL_STEPS[done[0]])
+        done[0] += 1
+
+    step()
+    return step
+
+
 def run(cfg: EvalConfig, echo=None) -> dict:
     """Compute agreement and before/after metrics, write metrics.json and report.html.
 
     Returns this command's keys of metrics.json (agreement, judge_health, before_after, eval)."""
     run_dir = Path(cfg.run_dir)
+    bar = progress.bar(len(EVAL_STEPS), "eval", unit="step", enabled=cfg.progress)
+    step = _stepper(bar)
     # 1. Check inputs: which files exist, column mapping.
     mapping = parse_map(cfg.column_map)
     label_map = protocol.parse_labels(cfg.labels)
@@ -107,10 +128,12 @@ def run(cfg: EvalConfig, echo=None) -> dict:
     _check_map_used(mapping, {"human": [human_path] if human_path is not None else [], "judgments": judgment_paths})
 
     # 2. Read the run's tables (images without pixels, prompts).
+    step()
     images = _read_run_table(run_dir, "images", ["image_id", "prompt_id", "prompt", "model", "seed", "created_at"])
     prompts = _read_run_table(run_dir, "prompts", ["prompt_id", "prompt", "category", "split"])
 
     # 3. Read and normalize the ratings.
+    step()
     judge_rows = []
     for p in judgment_paths:
         judge_rows.append(normalize(read_ratings(p, mapping, role="judgments"), p,
@@ -130,9 +153,11 @@ def run(cfg: EvalConfig, echo=None) -> dict:
             raise InputError(f"{human_path}: no usable ratings (every row has a non-ok status or no value)")
 
     # 4. Judge health: statuses, refusals, position consistency.
+    step()
     health = judge_health(judges, cfg.bootstrap, cfg.seed) if judges is not None else {}
 
     # 5. Agreement with the humans.
+    step()
     agreement = None
     if human is not None:
         agreement = compute_agreement(human, judges, tie_policy=cfg.tie_policy, n_boot=cfg.bootstrap,
@@ -144,6 +169,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
                                       aligned_threshold=cfg.aligned_threshold)
 
     # 5b. Judge ensembles (cross-fitted), calibration to P(aligned), cost-aware selection (issue #10).
+    step()
     ensembles = calibration = None
     if agreement is not None and (cfg.ensemble or cfg.calibration):
         from . import ensemble
@@ -156,6 +182,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
         agreement["warnings"].extend(notes)
 
     # 6. Model before/after on the run's own pointwise judgments.
+    step()
     ba = None
     if has_run_judgments and images is not None:
         jt = tables.read(run_judgments, "judgments", columns=["judge", "mode", "prompt_id", "image_ids", "label",
@@ -164,6 +191,7 @@ def run(cfg: EvalConfig, echo=None) -> dict:
                           n_boot=cfg.bootstrap, seed=cfg.seed)
 
     # 7. Write metrics.json (merged, atomic) and the HTML report.
+    step()
     metrics = {
         "agreement": agreement, "judge_health": health, "before_after": ba,
         "ensembles": ensembles, "calibration": calibration,
@@ -186,6 +214,8 @@ def run(cfg: EvalConfig, echo=None) -> dict:
 
             grids = image_grids(run_dir, images, judges, agreement, ba, cfg)
             html_path = report.write_html(report_dir / "report.html", merged, grids)
+    step()
+    bar.close()
     if echo is not None:
         from . import report
 

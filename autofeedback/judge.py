@@ -10,7 +10,8 @@ Modes:   pointwise  one request per image
          listwise   a prompt's images in groups of --list-size, in a shuffled (seeded) order;
                     ranking = image_ids best first, mapped back from the positions shown
          caption    one request per image; score = caption-prompt similarity
-         vqa        one request per image, questions from the prompt's metadata; score = fraction right
+         vqa        one request per image, questions from the prompt's suite (autofeedback.suites; default:
+                    the metadata's `questions` list, docs/suites.md); score = fraction right
 Resume:  request_id = hash(judge, mode, template, image_ids in order, answer-changing params). A request
          with a final status (ok, parse_error, refused, truncated, error) is never sent again; api_error
          and budget rows are retried by the next run (the newest row per request_id wins).
@@ -25,7 +26,7 @@ import statistics
 import time
 from collections import Counter, defaultdict
 
-from . import judges, tables
+from . import judges, suites, tables
 from .config import JudgeConfig
 from .errors import InputError
 
@@ -38,39 +39,29 @@ def request_id(identity: str, mode: str, template: str, image_ids: list[str], pa
     return tables.content_id("request", identity, mode, template, list(image_ids), params or {})
 
 
-def load_inputs(run_dir) -> tuple[list[dict], dict[str, dict]]:
+def load_inputs(run_dir, with_suites: bool = False) -> tuple:
+    """(images, prompt_id -> metadata), and prompt_id -> suite with `with_suites`."""
     images_path = tables.table_path(run_dir, "images")
     if not tables.exists(images_path):
         raise InputError(f"{images_path}: no images table; run `autofeedback generate` first")
     images = tables.read(images_path, "images", columns=["image_id", "prompt_id", "prompt", "image"])
     prompts_path = tables.table_path(run_dir, "prompts")
-    meta = {}
+    meta, suite = {}, {}
     if tables.exists(prompts_path):
-        for row in tables.read(prompts_path, "prompts", columns=["prompt_id", "metadata"]).to_pylist():
+        for row in tables.read(prompts_path, "prompts", columns=["prompt_id", "suite", "metadata"]).to_pylist():
             meta[row["prompt_id"]] = json.loads(row["metadata"]) if row["metadata"] else {}
-    return images.to_pylist(), meta
+            suite[row["prompt_id"]] = row["suite"]
+    return (images.to_pylist(), meta, suite) if with_suites else (images.to_pylist(), meta)
 
 
-def vqa_questions(prompt: str, metadata: dict) -> list[tuple[str, str]]:
-    """(question, expected answer) pairs: metadata["questions"] (TIFA/DSG style), or the shapes concepts."""
-    qs = metadata.get("questions")
-    if qs:
-        out = []
-        for q in qs:
-            if isinstance(q, dict) and "question" in q and "answer" in q:
-                out.append((str(q["question"]), str(q["answer"])))
-            elif isinstance(q, (list, tuple)) and len(q) == 2:
-                out.append((str(q[0]), str(q[1])))
-        return out
-    if all(k in metadata for k in ("count", "color", "shape", "background")):
-        return [("How many shapes are in the image?", str(metadata["count"])),
-                ("What color are the shapes?", str(metadata["color"])),
-                ("What shape are they?", str(metadata["shape"])),
-                ("What color is the background?", str(metadata["background"]))]
-    return []
+def vqa_questions(prompt: str, metadata: dict, suite: str | None = None) -> list[tuple[str, str]]:
+    """(question, expected answer) pairs from the prompt's suite (autofeedback.suites): metadata["questions"]
+    (TIFA/DSG style) by default; the shapes suite asks about its concepts."""
+    return suites.vqa_questions(suite, prompt, metadata)
 
 
-def build_units(cfg: JudgeConfig, images: list[dict], meta: dict[str, dict], backend) -> list[dict]:
+def build_units(cfg: JudgeConfig, images: list[dict], meta: dict[str, dict], backend,
+                suite: dict[str, str] | None = None) -> list[dict]:
     """Every request this mode asks for, with its request_id and what is shown, in order."""
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for img in sorted(images, key=lambda r: r["image_id"]):
@@ -91,7 +82,7 @@ def build_units(cfg: JudgeConfig, images: list[dict], meta: dict[str, dict], bac
         if cfg.mode in ("pointwise", "caption"):
             units += [unit([img]) for img in imgs]
         elif cfg.mode == "vqa":
-            questions = vqa_questions(imgs[0]["prompt"], meta.get(prompt_id, {}))
+            questions = vqa_questions(imgs[0]["prompt"], meta.get(prompt_id, {}), (suite or {}).get(prompt_id))
             units += [unit([img], questions=questions) for img in imgs]
         elif cfg.mode == "pairwise":
             pairs = list(itertools.combinations(imgs, 2))
@@ -122,12 +113,12 @@ def run(cfg: JudgeConfig) -> dict:
     if cfg.mode not in backend.modes:
         raise InputError(f"judge {cfg.judge!r} does not support mode {cfg.mode!r} "
                          f"(it does: {', '.join(backend.modes)})")
-    images, meta = load_inputs(cfg.run_dir)
+    images, meta, suite = load_inputs(cfg.run_dir, with_suites=True)
     out_path = tables.table_path(cfg.run_dir, "judgments")
     with tables.run_lock(cfg.run_dir):
         tables.clean_temp(out_path)
         # 2. Requests without a final answer yet.
-        units = build_units(cfg, images, meta, backend)
+        units = build_units(cfg, images, meta, backend, suite)
         done = _final_ids(out_path)
         todo = [u for u in units if u["request_id"] not in done]
         n_done = len(units) - len(todo)
@@ -140,7 +131,9 @@ def run(cfg: JudgeConfig) -> dict:
         if cfg.mode == "vqa":
             missing = [u for u in todo if not u.get("questions")]
             for u in missing:
-                writer.emit(u, {"status": "error", "error": "no VQA questions for this prompt (metadata has none)"})
+                writer.emit(u, {"status": "error", "error": f"no VQA questions for this prompt (suite "
+                                f"{suite.get(u['prompt_id'])!r}: its metadata has no `questions` list and no "
+                                f"suite hook asks any; see autofeedback.suites)"})
             todo = [u for u in todo if u.get("questions")]
         try:
             if todo:

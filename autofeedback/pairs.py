@@ -9,7 +9,8 @@ Writes:  RUN/preferences.parquet    pair_id, prompt_id, prompt, chosen_image_id,
          RUN/labels.parquet         label_id, image_id, prompt_id, prompt, label, score, agreement, judges, source,
                                     created_at (one row per image judged pointwise; for reward training)
          RUN/augmentations.parquet  aug_id, image_id, prompt_id, prompt, perturbed, changed, created_at
-                                    (N-1 prompts with one metadata field changed, Lee et al.)
+                                    (N-1 prompts with one concept changed, Lee et al.; from the
+                                    prompt's suite hook, autofeedback.suites)
          RUN/report/pairs.json      the config, the summary and every judge's templates (provenance for export)
 Columns: margin     strength of the preference in the judge's units: score difference (pointwise), 1 (pairwise),
                     rank distance (listwise); several judges: mean over those that agree (majority) or the mean
@@ -38,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import tables
+from . import suites, tables
 from .config import JUDGE_MODES, PairsConfig
 from .errors import InputError
 
@@ -672,13 +672,16 @@ def _augmentations_table(cfg, run_dir: Path, image_ids: set[str], summary) -> pa
         img_prompt = {}
     vocab = _vocabulary([_meta(p) for p in prompts.values()])
     candidates: dict[str, list[tuple[str, str]]] = {}
-    rows, no_meta = [], 0
+    rows, no_meta, unsupported = [], 0, Counter()
     created = tables.now()
     for image_id in sorted(image_ids):
         pid = img_prompt.get(image_id)
         rec = prompts.get(pid) if pid else None
         if rec is None:
             no_meta += 1
+            continue
+        if not suites.has_perturbations(rec.get("suite")):
+            unsupported[rec.get("suite")] += 1
             continue
         if pid not in candidates:
             candidates[pid] = perturbations(rec["prompt"], _meta(rec), rec.get("suite"), vocab)
@@ -693,6 +696,8 @@ def _augmentations_table(cfg, run_dir: Path, image_ids: set[str], summary) -> pa
                      "changed": [f for _, f in picked], "created_at": created})
     summary["augmentations"] = len(rows)
     summary["augmentations_skipped"] = no_meta  # images whose prompt has no metadata to perturb
+    if unsupported:  # images whose suite has no perturbations hook
+        summary["augmentations_unsupported"] = dict(sorted(unsupported.items(), key=str))
     return tables.to_table(rows, "augmentations")
 
 
@@ -724,75 +729,20 @@ def _spread(cands: list[tuple[str, str]], k: int, rng: random.Random) -> list[tu
     return out
 
 
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
-                9: "nine", 10: "ten"}
-
-
-def _leaves(meta, path=()):
-    """(field name, value) for every scalar leaf of a metadata object (nested dicts and lists)."""
-    if isinstance(meta, dict):
-        for k, v in meta.items():
-            yield from _leaves(v, (*path, str(k)))
-    elif isinstance(meta, list):
-        for v in meta:
-            yield from _leaves(v, path)
-    elif isinstance(meta, (str, int)) and not isinstance(meta, bool) and path:
-        yield path[-1], meta
-
-
 def _vocabulary(metas: list[dict]) -> dict[str, list]:
     vocab: dict[str, set] = {}
     for m in metas:
-        for field, value in _leaves(m):
+        for field, value in suites.leaves(m):
             vocab.setdefault(field, set()).add(value)
     return {f: sorted(v, key=str) for f, v in vocab.items() if 2 <= len(v) <= LOW_CARDINALITY_FIELDS}
 
 
 def perturbations(prompt: str, meta: dict, suite: str | None, vocab: dict[str, list]) -> list[tuple[str, str]]:
-    """Every prompt that differs from `prompt` in one metadata field: (text, field).
-
-    The shapes world: Scene(...).prompt with another count, color or background. Other suites: a metadata value
-    that appears in the prompt as a word is replaced by another value the suite uses for that field.
-    """
-    shapes_keys = ("count", "color", "shape", "background")
-    if all(k in meta for k in shapes_keys):
-        from .shapes.world import COUNTS, PALETTE, Scene
-
-        try:
-            truth = Scene(**{k: meta[k] for k in shapes_keys})
-        except (TypeError, ValueError):
-            truth = None
-        if truth is not None:
-            out = []
-            for field, values in (("count", COUNTS), ("color", list(PALETTE)), ("background", list(PALETTE))):
-                for v in values:
-                    if v == getattr(truth, field):
-                        continue
-                    try:
-                        out.append((Scene(**{**truth.metadata(), field: v}).prompt, field))
-                    except ValueError:
-                        continue
-            return out
-    out, seen = [], {prompt}
-    for field, value in _leaves(meta):
-        alts = vocab.get(field)
-        if not alts:
-            continue
-        words = [str(value)] + ([NUMBER_WORDS[value]] if isinstance(value, int) and value in NUMBER_WORDS else [])
-        for word in words:
-            pat = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])", re.I)
-            if not pat.search(prompt):
-                continue
-            for alt in alts:
-                if alt == value:
-                    continue
-                alt_word = NUMBER_WORDS.get(alt, str(alt)) if (isinstance(alt, int) and word != str(value)) else str(alt)
-                text = pat.sub(alt_word, prompt, count=1)
-                if text not in seen:
-                    seen.add(text)
-                    out.append((text, field))
-            break
-    return out
+    """Every prompt that differs from `prompt` in one concept: (text, field), from the prompt's suite hook
+    (autofeedback.suites). The shapes world: the scene's prompt with another count, color or background. Suites
+    without a hook: a metadata value that appears in the prompt as a word is replaced by another value the run's
+    prompts use for that field."""
+    return suites.perturbations(suite, prompt, meta, vocab)
 
 
 # ========================================================================================= write
@@ -871,6 +821,9 @@ def format_summary(s: dict, cfg: PairsConfig | None = None) -> str:
         skipped = s.get("augmentations_skipped")
         lines.append(f"  augmentations: {s.get('augmentations', 0)} images"
                      + (f" ({skipped} skipped: no prompt metadata to perturb)" if skipped else ""))
+    for suite, n in s.get("augmentations_unsupported", {}).items():
+        lines.append(f"  augmentations: suite {suite!r} has no perturbations (see autofeedback.suites), "
+                     f"{n} images without augmentations")
     w = s.get("written", {})
     changed = [k for k, v in w.items() if v]
     lines.append(f"  wrote {', '.join(changed)}" if changed else "  tables up to date (nothing written)")

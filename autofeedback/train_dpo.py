@@ -70,6 +70,7 @@ def run(cfg: TrainDPOConfig) -> dict:
     history: list[dict] = []
     rank, world = s.accelerator.process_index, s.accelerator.num_processes
     t0 = time.perf_counter()
+    training.start_progress(s, cfg, "train dpo")
     s.train_mode()
     micro = 0  # micro-batch within the optimizer step (--grad-accum)
     while s.step < cfg.steps:

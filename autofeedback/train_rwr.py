@@ -144,6 +144,7 @@ def run(cfg: TrainRWRConfig) -> dict:
     history: list[dict] = []
     rank = s.accelerator.process_index
     t0 = time.perf_counter()
+    training.start_progress(s, cfg, "train rwr")
     s.train_mode()
     micro = 0  # micro-batch within the optimizer step (--grad-accum)
     while s.step < cfg.steps:

@@ -38,10 +38,14 @@ class Setup:
     text_encoder: object | None = None  # the pipeline's, prepared by accelerate when it is trained
     train_text_encoder: bool = False
     ref_text_encoder: object | None = None  # frozen reference copy, only when the text encoder is trained
+    bar: object | None = None  # progress bar (autofeedback.progress), started by start_progress
 
     def log(self, msg: str) -> None:
         if self.accelerator.is_main_process:
-            print(msg, flush=True)
+            if self.bar is not None:
+                self.bar.say(msg)
+            else:
+                print(msg, flush=True)
 
     # ------------------------------------------------------------------ data
     def drop(self, prompts: list[str], uncond_prob: float, rng: np.random.Generator | None) -> list[str]:
@@ -171,7 +175,11 @@ def setup(cfg, need_reference: bool) -> Setup:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler, DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    diffusers_logging.disable_progress_bar()  # loading bars: only the training bar is shown (as in generate)
+    transformers_logging.disable_progress_bar()
     check_model_path(cfg.model)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                               mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "no" else None,
@@ -273,9 +281,19 @@ def optimize(s: Setup, loss, cfg) -> None:
         s.ema.step(s.params)
 
 
+def start_progress(s: Setup, cfg, desc: str) -> None:
+    """A progress bar over the optimizer steps with ETA (main process, stderr a terminal, cfg.progress)."""
+    from . import progress
+
+    s.bar = progress.bar(cfg.steps, desc, unit="step", enabled=cfg.progress and s.accelerator.is_main_process,
+                         initial=s.step)
+
+
 def end_step(s: Setup, cfg, rec: dict, history: list[dict], text: str) -> None:
     """After an optimizer step: record, log, and checkpoint every cfg.checkpoint_every steps and at the end."""
     history.append(rec)
+    if s.bar is not None:
+        s.bar.update(1)
     log_step(s, rec, cfg.log_every, cfg.steps, text)
     if cfg.checkpoint_every and (s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps):
         checkpoint(s, cfg.keep_checkpoints)
@@ -295,7 +313,7 @@ def log_step(s: Setup, rec: dict, every: int, total: int, text: str) -> None:
         with open(s.out_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         if rec["step"] % every == 0 or rec["step"] == total:
-            print(text, flush=True)
+            s.log(text)
 
 
 def snapshot(unet) -> dict:
@@ -318,6 +336,9 @@ def changes(unet, watch: dict) -> dict:
 
 def finish(cfg, s: Setup, history: list[dict]) -> dict:
     """Save the weights (LoRA for load_lora_weights, or a full pipeline) and train.json."""
+    if s.bar is not None:
+        s.bar.close()
+        s.bar = None
     s.accelerator.wait_for_everyone()
     summary: dict = {"steps": s.step, "out": str(s.out_dir), "lora": None}
     if s.ema is not None:

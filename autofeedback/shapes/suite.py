@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..suites import SuiteHooks, metadata_questions, metadata_word_swaps
 from .world import COUNTS, PALETTE, Scene, all_scenes
 
 SUITE = "shapes"
+CONCEPTS = ("count", "color", "shape", "background")
 
 
 def heldout_pairs() -> set[tuple[str, int]]:
@@ -45,6 +47,46 @@ def write_suite(path: str | Path) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def _scene(metadata: dict) -> Scene | None:
+    if not all(k in metadata for k in CONCEPTS):
+        return None
+    try:
+        return Scene(**{k: metadata[k] for k in CONCEPTS})
+    except (TypeError, ValueError):
+        return None
+
+
+def vqa_questions(prompt: str, metadata: dict) -> list[dict]:
+    """The metadata's explicit questions if any, else one question per concept of the scene."""
+    explicit = metadata_questions(prompt, metadata)
+    if explicit or not all(k in metadata for k in CONCEPTS):
+        return explicit
+    return [{"question": "How many shapes are in the image?", "answer": str(metadata["count"])},
+            {"question": "What color are the shapes?", "answer": str(metadata["color"])},
+            {"question": "What shape are they?", "answer": str(metadata["shape"])},
+            {"question": "What color is the background?", "answer": str(metadata["background"])}]
+
+
+def perturbations(prompt: str, metadata: dict, vocab: dict) -> list[tuple[str, str]]:
+    """The scene's prompt with another count, color or background (the shape is a skill, not perturbed)."""
+    truth = _scene(metadata)
+    if truth is None:  # not a scene: the generic perturbations
+        return metadata_word_swaps(prompt, metadata, vocab)
+    out = []
+    for field, values in (("count", COUNTS), ("color", list(PALETTE)), ("background", list(PALETTE))):
+        for v in values:
+            if v == getattr(truth, field):
+                continue
+            try:
+                out.append((Scene(**{**truth.metadata(), field: v}).prompt, field))
+            except ValueError:
+                continue
+    return out
+
+
+HOOKS = SuiteHooks(vqa_questions=vqa_questions, perturbations=perturbations)
 
 
 if __name__ == "__main__":  # python -m autofeedback.shapes.suite prompts/shapes.jsonl
