@@ -50,6 +50,26 @@ def model_fingerprint(model: str) -> str:
     return tables.content_id("dir", [(f.relative_to(path).as_posix(), _file_hash(f)) for f in files])
 
 
+def _safetensors_header(fh) -> bytes:
+    """The header of a .safetensors file (read from fh, which is left at the tensor data) as canonical JSON.
+
+    The safetensors writer keeps `__metadata__` in a hash map, so the same weights and metadata saved by two
+    processes can differ in bytes (seen: a resumed `train dpo` re-saving its LoRA made `generate` redo every
+    image). Sorted keys make the identity the content. A file that is not valid safetensors is hashed as bytes.
+    """
+    start = fh.tell()
+    raw = fh.read(8)
+    try:
+        n = int.from_bytes(raw, "little")
+        if len(raw) < 8 or n > 100 << 20:
+            raise ValueError("no safetensors header")
+        header = json.loads(fh.read(n))
+        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError):
+        fh.seek(start)
+        return b""
+
+
 _HASH_CACHE = Path(os.environ.get("AUTOFEEDBACK_CACHE", Path.home() / ".cache" / "autofeedback")) / "file-hashes.json"
 
 
@@ -57,12 +77,14 @@ def _file_hash(path: Path) -> str:
     import hashlib
 
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"v2|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"  # v2: safetensors headers hashed by content
     cache = _load_hash_cache()
     if key in cache:
         return cache[key]
     h = hashlib.sha256()
     with open(path, "rb") as fh:
+        if path.suffix == ".safetensors":  # its header's key order varies by process: hash the header's content
+            h.update(_safetensors_header(fh))
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     digest = h.hexdigest()[:16]

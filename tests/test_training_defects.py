@@ -88,3 +88,29 @@ def test_each_micro_batch_of_an_accumulated_step_draws_its_own_batch():
     assert len({tuple(d) for d in draws}) == 3
     assert draws[0] == np.random.default_rng([0, 7, 0]).integers(2**31, size=4).tolist()
     assert batch_rng(0, 7, 0, 1).integers(2**31, size=4).tolist() == draws[1]  # resumable: a pure function
+
+
+def test_model_identity_ignores_the_safetensors_header_key_order(tmp_path):
+    """The same weights and metadata saved by two processes differ in header key order (safetensors keeps
+    __metadata__ in a hash map): a resumed `train dpo` re-saving its LoRA made `generate` redo every image."""
+    import json
+    import struct
+
+    from autofeedback.generate import model_fingerprint
+
+    data = bytes(range(16))
+    tensors = {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}
+
+    def write(path, metadata_items):
+        header = json.dumps({"__metadata__": dict(metadata_items), **tensors}).encode()
+        path.mkdir()
+        (path / "pytorch_lora_weights.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data)
+        return path
+
+    a = write(tmp_path / "a", [("format", "pt"), ("lora_adapter_metadata", "{}")])
+    b = write(tmp_path / "b", [("lora_adapter_metadata", "{}"), ("format", "pt")])
+    c = write(tmp_path / "c", [("format", "pt"), ("lora_adapter_metadata", '{"r": 8}')])
+    assert (a / "pytorch_lora_weights.safetensors").read_bytes() != (b / "pytorch_lora_weights.safetensors").read_bytes()
+    assert model_fingerprint(str(a)) == model_fingerprint(str(b)) != model_fingerprint(str(c))
+    (tmp_path / "d.safetensors").write_bytes(b"not a safetensors file")  # hashed as bytes, no error
+    assert model_fingerprint(str(tmp_path / "d.safetensors"))
