@@ -133,7 +133,8 @@ def run(cfg: TrainRWRConfig) -> dict:
     mean_reward = float(np.mean([x["reward"] for x in samples]))
     # 2. Load the pipeline, resume.
     s = training.setup(cfg, need_reference=cfg.anchor_weight > 0)
-    s.log(f"rwr: {len(samples)} rewarded samples (mean reward {mean_reward:.3f}), regularizer set {len(reg)} images")
+    s.log(f"rwr: {len(samples)} rewarded samples (mean reward {mean_reward:.3f})"
+          + (f", regularizer set {len(reg)} images" if use_reg else ", no regularizer"))
     probs = None
     if cfg.temperature is not None:  # sample by weight, every prompt equally; the loss is then unweighted
         probs = np.array([x["weight"] for x in samples])

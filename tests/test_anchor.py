@@ -55,3 +55,18 @@ def test_anchor_model_needs_a_full_fine_tune(tmp_path, tiny_model):
     with pytest.raises(InputError, match="full fine-tune"):
         train_rwr.run(TrainRWRConfig(run_dir=run_dir, model=str(tiny_model), steps=1, batch_size=2, device="cpu",
                                      anchor_weight=1.0, anchor_model=str(tiny_model), lora_rank=4))
+
+
+def test_min_reward_keeps_only_the_samples_at_or_above_it(tmp_path):
+    from autofeedback import judge
+    from autofeedback.config import JudgeConfig
+
+    run_dir = make_rendered_run(tmp_path / "run", n_prompts=3, per_prompt=2)
+    judge.run(JudgeConfig(run_dir=run_dir, judge="shapes:graded"))
+    kw = dict(run_dir=run_dir, model="unused", reward="score")
+    every = train_rwr.load_rewards(TrainRWRConfig(**kw))
+    cut = sorted(x["reward"] for x in every)[len(every) // 2]
+    kept = train_rwr.load_rewards(TrainRWRConfig(**kw, min_reward=cut))
+    assert kept == [x for x in every if x["reward"] >= cut] and 0 < len(kept) < len(every)
+    with pytest.raises(InputError, match="min-reward"):
+        train_rwr.load_rewards(TrainRWRConfig(**kw, min_reward=1.01))

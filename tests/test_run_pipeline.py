@@ -1,4 +1,4 @@
-"""`autofeedback run pipelines/shapes.yaml`: the main job, the feedback loop on the shipped tiny model."""
+"""`autofeedback run pipelines/shapes.yaml`: the main job, the feedback loop on the shipped count-noisy model."""
 
 import json
 
@@ -8,8 +8,11 @@ from autofeedback import tables
 
 from .conftest import REPO, SHIPPED_MODEL, cli
 
-# the loop, shrunk: 8 prompts per split, 4 denoising steps, 2 DPO steps
-SMALL = ["--set", "generate.limit=8", "--set", "generate.steps=4", "--set", "train_dpo.steps=2"]
+# the loop, shrunk: 8 prompts per split, 4 denoising steps, 2 training steps (4-step images are rarely aligned:
+# learn from every judged image, not only the aligned ones)
+SMALL = ["--set", "generate.limit=8", "--set", "generate.steps=4", "--set", "train_rwr.steps=2",
+         "--set", "train_rwr.min_reward=0", "--set", "train_rwr.batch_size=4"]
+MAIN_MODEL = "shapes-countnoise"
 
 
 @pytest.mark.parametrize("model", [SHIPPED_MODEL, REPO / "data" / "models" / "shapes-countnoise"])
@@ -30,16 +33,16 @@ def test_main_job_small_runs_the_whole_loop_then_rerun_does_nothing(tmp_path):
     p = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "95% CI" in p.stdout and "before/after by judge shapes" in p.stdout and "win rate" in p.stdout
-    assert (run_dir / "dpo" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    assert (run_dir / "rwr" / "pipeline" / "text_encoder").is_dir()  # UNet and text encoder trained
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     groups = metrics["alignment"]["groups"]  # by split and model; no "all" pooling two models
-    assert set(groups) == {"train/shapes-tiny", "heldout/shapes-tiny", "heldout/shapes-tiny+dpo"}
+    assert set(groups) == {f"train/{MAIN_MODEL}", f"heldout/{MAIN_MODEL}", "heldout/rwr"}
     for g in groups.values():
         for concept in ("aligned", "count", "color", "shape", "background"):
             m = g["metrics"][concept]
             assert 0 <= m["ci95"][0] <= m["rate"] <= m["ci95"][1] <= 1
     ba = metrics["before_after"]
-    assert len(ba["models"]) == 2 and any("+lora:" in m for m in ba["models"])
+    assert len(ba["models"]) == 2 and ba["baseline"].endswith(MAIN_MODEL) and ba["models"][1].endswith("pipeline")
     comp = ba["comparisons"][0]
     assert comp["alignment_diff"]["ci95"][0] <= comp["alignment_diff"]["value"] <= comp["alignment_diff"]["ci95"][1]
     # the before/after sample grid: one row per prompt, the two models' images at the same seed
@@ -48,16 +51,15 @@ def test_main_job_small_runs_the_whole_loop_then_rerun_does_nothing(tmp_path):
     grid = Image.open(run_dir / "report" / "before_after.png")
     grid.verify()
     assert "before_after.png" in p.stdout
-    # training pairs come from train prompts only
-    split = {r["prompt_id"]: r["split"] for r in tables.read(run_dir / "prompts.parquet", "prompts").to_pylist()}
-    prefs = tables.read(run_dir / "preferences.parquet", "preferences").to_pylist()
-    assert prefs and {split[r["prompt_id"]] for r in prefs} == {"train"}
+    # training images come from train prompts only
+    train = json.loads((run_dir / "rwr" / "train.json").read_text())
+    assert train["config"]["split"] == "train" and train["config"]["train_text_encoder"] is True
     n_images = tables.read(run_dir / "images.parquet", "images").num_rows
     assert n_images == 3 * 8 * 4
     again = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("0 new images") == 3 and again.stdout.count("0 requests this run") == 2
-    assert "resumed from" in again.stdout and "dpo step" not in again.stdout  # the finished checkpoint: no training
+    assert again.stdout.count("0 new images") == 3 and again.stdout.count("0 requests this run") == 2, again.stdout
+    assert "resumed from" in again.stdout and "rwr step" not in again.stdout  # the finished checkpoint: no training
     assert tables.read(run_dir / "images.parquet", "images").num_rows == n_images
     # a later pipeline without an eval stage does not claim the report files an earlier eval left there
     plain = tmp_path / "generate-judge.yaml"
@@ -82,6 +84,21 @@ def test_main_job_end_to_end(tmp_path):
     p = cli("run", str(REPO / "pipelines" / "shapes.yaml"), "--run-dir", tmp_path / "run", timeout=900)
     assert p.returncode == 0, p.stderr
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
-    held = metrics["alignment"]["groups"]["heldout/shapes-tiny"]["metrics"]["aligned"]["rate"]
-    assert 0.15 <= held <= 0.70  # the tiny model is imperfect by design
-    assert len(metrics["before_after"]["comparisons"]) == 1
+    groups = metrics["alignment"]["groups"]
+    base = groups[f"heldout/{MAIN_MODEL}"]["metrics"]["aligned"]["rate"]
+    assert 0.10 <= base <= 0.40  # the shipped model follows counts loosely, by design
+    comp = metrics["before_after"]["comparisons"][0]
+    assert comp["concept_diffs"]["count"]["ci95"][0] > 0  # the loop moves counts (README); alignment not reliably yet
+
+
+def test_clip_judge_path_resolves_against_base_dir(tmp_path, monkeypatch):
+    """`judge: clip:data/models/shapes-clip` in a pipeline works from any directory (shapes-clip-judge.yaml)."""
+    from autofeedback import run
+
+    monkeypatch.chdir(tmp_path)
+    _, _, configs = run.load_pipeline(REPO / "pipelines" / "shapes-clip-judge.yaml", None, tmp_path / "r")
+    judges = [cfg.judge for name, cfg in configs if name in ("judge", "train_rwr")]
+    assert judges[0] == judges[1] == f"clip:{REPO / 'data' / 'models' / 'shapes-clip'}" and judges[2] == "shapes"
+    monkeypatch.chdir(REPO)  # from the repository root the name stays as written (portable tables)
+    _, _, configs = run.load_pipeline(REPO / "pipelines" / "shapes-clip-judge.yaml", None, tmp_path / "r")
+    assert configs[1][1].judge == "clip:data/models/shapes-clip"

@@ -110,7 +110,8 @@ def test_model_identity_ignores_the_safetensors_header_key_order(tmp_path):
     a = write(tmp_path / "a", [("format", "pt"), ("lora_adapter_metadata", "{}")])
     b = write(tmp_path / "b", [("lora_adapter_metadata", "{}"), ("format", "pt")])
     c = write(tmp_path / "c", [("format", "pt"), ("lora_adapter_metadata", '{"r": 8}')])
-    assert (a / "pytorch_lora_weights.safetensors").read_bytes() != (b / "pytorch_lora_weights.safetensors").read_bytes()
+    name = "pytorch_lora_weights.safetensors"
+    assert (a / name).read_bytes() != (b / name).read_bytes()
     assert model_fingerprint(str(a)) == model_fingerprint(str(b)) != model_fingerprint(str(c))
     (tmp_path / "d.safetensors").write_bytes(b"not a safetensors file")  # hashed as bytes, no error
     assert model_fingerprint(str(tmp_path / "d.safetensors"))
