@@ -144,6 +144,8 @@ class TrainConfig(StageConfig):
                                                          "with this decay (e.g. 0.99; 0 = off, save the last weights)")
     train_text_encoder: bool = Field(False, description="train the text encoder too (full fine-tune only): where a "
                                                         "prompt's words, e.g. its count, become conditioning")
+    text_encoder_lr: float | None = Field(None, gt=0, description="learning rate of the text encoder with "
+                                                                  "--train-text-encoder (default: --lr)")
     vae_latents: Literal["mode", "sample"] = Field(
         "mode", description="training images -> latents: the VAE posterior's mode (as the shapes model was "
                             "pre-trained; its posterior std is 0.3x the latent std) or a sample (diffusers' scripts)")

@@ -226,7 +226,11 @@ def setup(cfg, need_reference: bool) -> Setup:
     if cfg.train_text_encoder:  # where a prompt's words become conditioning: counts live here (docs/experiments.md)
         te.requires_grad_(True)
     params = [p for p in unet.parameters() if p.requires_grad] + [p for p in te.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    te_params = [p for p in te.parameters() if p.requires_grad]
+    groups = [{"params": params[:len(params) - len(te_params)]}]
+    if te_params:
+        groups.append({"params": te_params, "lr": cfg.text_encoder_lr or cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.train_text_encoder:
         unet, te, opt = accelerator.prepare(unet, te, opt)
     else:

@@ -72,3 +72,16 @@ def test_text_encoder_needs_a_full_fine_tune(judged_run, tiny_model):
     with pytest.raises(InputError, match="full fine-tune"):
         train_rwr.run(TrainRWRConfig(run_dir=judged_run, model=str(tiny_model), steps=1, batch_size=2, device="cpu",
                                      lora_rank=4, train_text_encoder=True))
+
+
+def test_text_encoder_lr_is_its_own_param_group(judged_run, tiny_model):
+    from autofeedback import training
+
+    cfg = TrainRWRConfig(run_dir=judged_run, model=str(tiny_model), device="cpu", lora_rank=0, lr=1e-4,
+                         train_text_encoder=True, text_encoder_lr=1e-5)
+    s = training.setup(cfg, need_reference=False)
+    lrs = [g["lr"] for g in s.opt.param_groups]
+    n_te = sum(1 for p in s.text_encoder.parameters())
+    assert lrs == [1e-4, 1e-5] and len(s.opt.param_groups[1]["params"]) == n_te
+    default = training.setup(cfg.model_copy(update={"text_encoder_lr": None, "out": "b"}), need_reference=False)
+    assert [g["lr"] for g in default.opt.param_groups] == [1e-4, 1e-4]
