@@ -54,11 +54,12 @@ class Setup:
             return ["" if rng.random() < uncond_prob else p for p in prompts]
         return list(prompts)
 
-    def embed(self, prompts: list[str], uncond_prob: float = 0.0, rng: np.random.Generator | None = None):
-        """Prompt embeddings by the text encoder being trained (with gradients when it is; see drop())."""
+    def embed(self, prompts: list[str]):
+        """Prompt embeddings by the text encoder being trained (with gradients when it is); drop() first for
+        classifier-free-guidance dropout."""
         import torch
 
-        ids = self._ids(self.drop(prompts, uncond_prob, rng))
+        ids = self._ids(prompts)
         if self.train_text_encoder:
             return self.text_encoder(ids)[0]
         with torch.no_grad():
@@ -201,6 +202,8 @@ def setup(cfg, need_reference: bool) -> Setup:
                          "model with its adapters disabled")
     if cfg.train_text_encoder and cfg.lora_rank > 0:
         raise InputError("--train-text-encoder needs a full fine-tune (--lora-rank 0)")
+    if cfg.text_encoder_lr is not None and not cfg.train_text_encoder:
+        raise InputError("--text-encoder-lr sets the text encoder's learning rate: it needs --train-text-encoder")
     if need_reference and ref_model:
         from diffusers import UNet2DConditionModel
 

@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    if a.no_feedback and not a.reg_pretrain:
+        ap.error("--no-feedback trains on the regularizer only: give --reg-pretrain WEIGHT")
     torch.set_num_threads(a.threads)
     records = suite_records()
     train = [r for r in records if r["split"] == "train"]

@@ -85,3 +85,9 @@ def test_text_encoder_lr_is_its_own_param_group(judged_run, tiny_model):
     assert lrs == [1e-4, 1e-5] and len(s.opt.param_groups[1]["params"]) == n_te
     default = training.setup(cfg.model_copy(update={"text_encoder_lr": None, "out": "b"}), need_reference=False)
     assert [g["lr"] for g in default.opt.param_groups] == [1e-4, 1e-4]
+
+
+def test_text_encoder_lr_without_training_it_is_a_clear_error(judged_run, tiny_model):
+    with pytest.raises(InputError, match="needs --train-text-encoder"):
+        train_rwr.run(TrainRWRConfig(run_dir=judged_run, model=str(tiny_model), steps=1, batch_size=2, device="cpu",
+                                     lora_rank=0, text_encoder_lr=1e-5))
