@@ -146,6 +146,9 @@ class TrainConfig(StageConfig):
                                                         "prompt's words, e.g. its count, become conditioning")
     text_encoder_lr: float | None = Field(None, gt=0, description="learning rate of the text encoder with "
                                                                   "--train-text-encoder (default: --lr)")
+    random_flip: bool = Field(False, description="flip each training image horizontally with probability 0.5 (as "
+                                                 "diffusers' --random_flip; DPO flips a pair's two images together): "
+                                                 "twice the distinct images for a small feedback set")
     vae_latents: Literal["mode", "sample"] = Field(
         "mode", description="training images -> latents: the VAE posterior's mode (as the shapes model was "
                             "pre-trained; its posterior std is 0.3x the latent std) or a sample (diffusers' scripts)")

@@ -78,7 +78,9 @@ def run(cfg: TrainDPOConfig) -> dict:
         with s.accelerator.accumulate(*s.models):
             idx = rng.choice(len(prefs), size=cfg.batch_size, replace=len(prefs) < cfg.batch_size)
             batch = [prefs[i] for i in idx]
-            lat = s.encode([images[b["chosen_image_id"]] for b in batch] + [images[b["rejected_image_id"]] for b in batch])
+            flip = training.flips(cfg, rng, len(batch))  # a pair's two images mirrored together
+            lat = s.encode([images[b["chosen_image_id"]] for b in batch] + [images[b["rejected_image_id"]] for b in batch],
+                           None if flip is None else np.concatenate([flip, flip]))
             prompts = s.drop([b["prompt"] for b in batch], cfg.uncond_prob, rng)
             emb = s.embed(prompts).repeat(2, 1, 1)  # the same for winner and loser
             noisy, t, target = s.noised(lat, rng, share_halves=True, t_min=cfg.timestep_min)

@@ -158,7 +158,7 @@ def run(cfg: TrainRWRConfig) -> dict:
                 regb = [reg[i] for i in rng.choice(len(reg), size=cfg.batch_size)]
                 pngs += [reg_bytes[b["image_id"]] for b in regb]
                 prompts += [b["prompt"] for b in regb]
-            lat = s.encode(pngs)
+            lat = s.encode(pngs, training.flips(cfg, rng, len(pngs)))
             prompts = s.drop(prompts, cfg.uncond_prob, rng)
             emb = s.embed(prompts)
             noisy, t, target = s.noised(lat, rng, t_min=cfg.timestep_min)

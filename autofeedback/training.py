@@ -89,13 +89,18 @@ class Setup:
         for m in self.models:
             m.train()
 
-    def encode(self, pngs: list[bytes]):
+    def encode(self, pngs: list[bytes], flip: np.ndarray | None = None):
+        """Images -> latents; flip[i] True mirrors image i left-right first (--random-flip)."""
         import torch
 
         vae = self.pipe.vae
         size = vae.config.sample_size
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-        x = torch.stack([to_tensor(b, size) for b in pngs]).to(self.accelerator.device)
+        x = torch.stack([to_tensor(b, size) for b in pngs])
+        if flip is not None and flip.any():
+            m = torch.from_numpy(np.asarray(flip, dtype=bool))
+            x[m] = x[m].flip(-1)
+        x = x.to(self.accelerator.device)
         with torch.no_grad():
             posterior = vae.encode(x).latent_dist
             z = posterior.mode() if self.latents == "mode" else posterior.sample()
@@ -148,6 +153,12 @@ def batch_rng(seed: int, step: int, rank: int, micro: int = 0) -> np.random.Gene
     """The generator of one micro-batch: a function of (seed, optimizer step, process, micro-batch), so a resumed
     run draws the same batches, noise and timesteps, and with --grad-accum each micro-batch its own."""
     return np.random.default_rng([seed, step, rank] if micro == 0 else [seed, step, rank, micro])
+
+
+def flips(cfg, rng: np.random.Generator, n: int) -> np.ndarray | None:
+    """Which of n training images to mirror (--random-flip; None without it). Drawn from the batch's generator
+    after the batch itself, so runs without the flag draw exactly the batches they drew before."""
+    return rng.random(n) < 0.5 if getattr(cfg, "random_flip", False) else None
 
 
 def anchor_loss(pred, ref_pred):

@@ -110,6 +110,10 @@ def test_recipe_caption_noise_mislabels_one_field_and_never_names_a_heldout_prom
         if a != b:  # only the count differs
             sa, sb = parse_prompt(a), parse_prompt(b)
             assert sa.count != sb.count and (sa.color, sa.shape, sa.background) == (sb.color, sb.shape, sb.background)
+    # --pretrain-split all: every scene is rendered, and a noisy count may name a held-out pair too
+    all_images, all_captions, n_all = render_dataset(1, seed=3, caption_noise=0.4, splits=("train", "heldout"))
+    assert len(all_images) == len(suite_records()) and 0.3 < n_all / len(all_images) < 0.5
+    assert heldout_prompts & set(all_captions)
 
 
 def test_pretraining_set_with_caption_noise_is_a_valid_run_with_train_prompts_only(tmp_path):

@@ -115,3 +115,30 @@ def test_model_identity_ignores_the_safetensors_header_key_order(tmp_path):
     assert model_fingerprint(str(a)) == model_fingerprint(str(b)) != model_fingerprint(str(c))
     (tmp_path / "d.safetensors").write_bytes(b"not a safetensors file")  # hashed as bytes, no error
     assert model_fingerprint(str(tmp_path / "d.safetensors"))
+
+
+def test_random_flip_mirrors_the_image_and_leaves_unflagged_runs_unchanged(pref_run, tiny_model):
+    # --random-flip (diffusers' --random_flip): a flagged image is encoded as its mirror image; the draw comes
+    # after the batch's own, so a run without the flag draws the same batches, noise and timesteps as before
+    from PIL import Image
+
+    from autofeedback.images import decode_image
+
+    s = training.setup(_cfg(pref_run, tiny_model), need_reference=False)
+    png = tables.read(pref_run / "images.parquet", "images", columns=["image"]).column("image")[0].as_py()["bytes"]
+    import io
+
+    buf = io.BytesIO()
+    decode_image(png).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buf, format="PNG")
+    mirrored = s.encode([buf.getvalue()])
+    both = s.encode([png, png], np.array([False, True]))
+    assert torch.allclose(both[1:], mirrored, atol=1e-5)
+    assert torch.allclose(both[:1], s.encode([png]), atol=1e-6)
+    assert not torch.allclose(both[0], both[1], atol=1e-3)  # the image is not symmetric
+    rng = np.random.default_rng(0)
+    assert training.flips(_cfg(pref_run, tiny_model), rng, 8) is None
+    assert rng.random() == np.random.default_rng(0).random()  # nothing drawn without the flag
+    f = training.flips(_cfg(pref_run, tiny_model, random_flip=True), np.random.default_rng(0), 1000)
+    assert f.dtype == bool and 0.45 < f.mean() < 0.55
+    # both trainers run with it (DPO mirrors a pair's two images together)
+    assert train_dpo.run(_cfg(pref_run, tiny_model, random_flip=True, out="flipped"))["steps"] == 2

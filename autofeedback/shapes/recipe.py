@@ -133,9 +133,10 @@ def make_scheduler():
     )
 
 
-def mislabel(scene: Scene, fields: tuple[str, ...], rng: np.random.Generator) -> Scene:
+def mislabel(scene: Scene, fields: tuple[str, ...], rng: np.random.Generator, splits: tuple[str, ...] = ("train",)
+             ) -> Scene:
     """The scene's caption with one of `fields` made wrong, the way web alt-text miscounts or misnames,
-    never turning it into a held-out prompt (those stay unseen)."""
+    into a prompt of `splits` only (by default never a held-out prompt: those stay unseen)."""
     field = fields[int(rng.integers(len(fields)))]
     values = {"count": COUNTS, "shape": SHAPES, "color": tuple(PALETTE), "background": tuple(PALETTE)}[field]
     options = []
@@ -146,16 +147,17 @@ def mislabel(scene: Scene, fields: tuple[str, ...], rng: np.random.Generator) ->
             other = dataclasses.replace(scene, **{field: v})
         except ValueError:  # color == background
             continue
-        if split_of(other) == "train":
+        if split_of(other) in splits:
             options.append(other)
     return options[int(rng.integers(len(options)))] if options else scene
 
 
 def render_dataset(per_prompt: int, seed: int, caption_noise: float = 0.0,
-                   noisy_fields: tuple[str, ...] = ("count",)) -> tuple[np.ndarray, list[str], int]:
-    """Renders of every train prompt; with caption_noise, that share of captions is wrong in one of
-    noisy_fields. Returns (images, captions, number of wrong captions)."""
-    records = [r for r in suite_records() if r["split"] == "train"]
+                   noisy_fields: tuple[str, ...] = ("count",), splits: tuple[str, ...] = ("train",)
+                   ) -> tuple[np.ndarray, list[str], int]:
+    """Renders of every prompt of `splits` (default: train only); with caption_noise, that share of captions
+    is wrong in one of noisy_fields. Returns (images, captions, number of wrong captions)."""
+    records = [r for r in suite_records() if r["split"] in splits]
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng([seed, 1])  # the clean dataset stays the same with or without noise
     images, prompts, wrong = [], [], 0
@@ -165,7 +167,7 @@ def render_dataset(per_prompt: int, seed: int, caption_noise: float = 0.0,
             images.append(np.asarray(render(scene, int(s))))
             caption = scene
             if caption_noise and noise_rng.random() < caption_noise:
-                caption = mislabel(scene, noisy_fields, noise_rng)
+                caption = mislabel(scene, noisy_fields, noise_rng, splits)
                 wrong += caption != scene
             prompts.append(caption.prompt)
     return np.stack(images), prompts, wrong
@@ -273,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--caption-noise", type=float, default=0.0,
                     help="share of training captions made wrong in one of --noisy-fields (web-like labels)")
     ap.add_argument("--noisy-fields", default="count", help="comma-separated: count, shape, color, background")
+    ap.add_argument("--pretrain-split", choices=["train", "all"], default="train",
+                    help="render the train prompts only (held-out count-color pairs stay unseen: a test of "
+                         "compositional generalization) or every prompt (held-out prompts are then only kept out "
+                         "of the feedback: with --caption-noise, a model that has seen every scene under noisy "
+                         "labels, as web-trained models have)")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the EMA pipeline every N UNet steps")
     ap.add_argument("--vae-from", type=Path, default=None,
                     help="reuse this pipeline's VAE (and latent scaling) instead of training one, e.g. "
@@ -302,8 +309,9 @@ def main(argv: list[str] | None = None) -> None:
         f"vae {sum(p.numel() for p in vae.parameters())/1e6:.2f}M, "
         f"text {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
     # 2. Data: rendered scenes of train prompts.
-    images, prompts, wrong = render_dataset(args.per_prompt, args.seed, args.caption_noise, fields)
-    log(f"rendered {len(images)} images of {len(set(prompts))} train prompts; {wrong} captions wrong "
+    splits = ("train",) if args.pretrain_split == "train" else ("train", "heldout")
+    images, prompts, wrong = render_dataset(args.per_prompt, args.seed, args.caption_noise, fields, splits)
+    log(f"rendered {len(images)} images of {args.pretrain_split} prompts; {wrong} captions wrong "
         f"({wrong / len(images):.1%}, in {', '.join(fields)})")
     # 3. VAE (trained, or reused), then cache latents with a scaling factor that gives them unit variance.
     if args.vae_from:
