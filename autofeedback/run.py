@@ -53,7 +53,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
         steps.append((name, dict(settings or {})))
     for item in overrides or []:
         _apply_override(steps, item)
-    final_run_dir = Path(run_dir) if run_dir is not None else _resolve(base, pipe.run_dir, must_exist=False)
+    # absolute: "{run_dir}/rwr/pipeline" must name a model the same way before and after it exists (images.model,
+    # --images-model), or a rerun after a kill would not find its own images
+    final_run_dir = (Path(run_dir) if run_dir is not None else _resolve(base, pipe.run_dir, must_exist=False)).resolve()
     configs = []
     for i, (name, settings) in enumerate(steps):
         for key, value in settings.items():  # "{run_dir}/dpo/lora": outputs of earlier steps

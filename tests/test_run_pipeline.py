@@ -102,3 +102,18 @@ def test_clip_judge_path_resolves_against_base_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # from the repository root the name stays as written (portable tables)
     _, _, configs = run.load_pipeline(REPO / "pipelines" / "shapes-clip-judge.yaml", None, tmp_path / "r")
     assert configs[1][1].judge == "clip:data/models/shapes-clip"
+
+
+def test_relative_run_dir_names_its_models_the_same_before_and_after_they_exist(tmp_path, monkeypatch):
+    """`--run-dir runs/x`: "{run_dir}/rwr/pipeline" is one absolute path whether or not the folder exists yet, so
+    a rerun after a kill records and filters (images.model, --images-model) the tuned model by the same name."""
+    from autofeedback import run
+
+    monkeypatch.chdir(tmp_path)
+    _, run_dir, before = run.load_pipeline(REPO / "pipelines" / "shapes.yaml", None, "runs/x")
+    assert run_dir == tmp_path / "runs" / "x"
+    (run_dir / "rwr" / "pipeline").mkdir(parents=True)
+    _, _, after = run.load_pipeline(REPO / "pipelines" / "shapes.yaml", None, "runs/x")
+    tuned = [cfg.model for name, cfg in before if name == "generate" and "rwr" in str(cfg.model)]
+    assert tuned and tuned == [cfg.model for name, cfg in after if name == "generate" and "rwr" in str(cfg.model)]
+    assert all(str(m).startswith(str(tmp_path)) for m in tuned)

@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
                          "compositional generalization) or every prompt (held-out prompts are then only kept out "
                          "of the feedback: with --caption-noise, a model that has seen every scene under noisy "
                          "labels, as web-trained models have)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start the UNet and text encoder from this pipeline's weights (continued pre-training, "
+                         "e.g. of data/models/shapes-countnoise on --pretrain-split all) instead of at random")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the EMA pipeline every N UNet steps")
     ap.add_argument("--vae-from", type=Path, default=None,
                     help="reuse this pipeline's VAE (and latent scaling) instead of training one, e.g. "
@@ -305,6 +308,13 @@ def main(argv: list[str] | None = None) -> None:
     tok_dir = args.out / "tokenizer"
     tokenizer = write_tokenizer(tok_dir)
     text_encoder, vae, unet = build_models(tokenizer)
+    if args.init_from:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(args.init_from, subfolder="unet").state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(args.init_from, subfolder="text_encoder").state_dict())
+        log(f"unet and text encoder from {args.init_from}")
     log(f"params: unet {sum(p.numel() for p in unet.parameters())/1e6:.2f}M, "
         f"vae {sum(p.numel() for p in vae.parameters())/1e6:.2f}M, "
         f"text {sum(p.numel() for p in text_encoder.parameters())/1e6:.2f}M")
