@@ -272,7 +272,7 @@ def _bin_index(p: np.ndarray, bins: int) -> np.ndarray:
 
 def w_ece(p, y, w=None, bins: int = 10) -> np.ndarray:
     """Expected calibration error per weight row (equal-width bins on [0, 1])."""
-    (p, y), w = stats._valid(p, y, w=w)
+    (p, y), w = stats.complete_cases(p, y, w=w)
     onehot = np.zeros((len(p), bins))
     onehot[np.arange(len(p)), _bin_index(p, bins)] = 1.0
     nb = w @ onehot
@@ -283,7 +283,7 @@ def w_ece(p, y, w=None, bins: int = 10) -> np.ndarray:
 
 
 def w_brier(p, y, w=None) -> np.ndarray:
-    (p, y), w = stats._valid(p, y, w=w)
+    (p, y), w = stats.complete_cases(p, y, w=w)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (w @ ((p - y) ** 2)) / w.sum(1)
 

@@ -1005,7 +1005,7 @@ def _finish(raw: dict) -> dict:
             continue
         point, boot, n = val
         lo, hi = stats.percentile_ci(boot)
-        out[name] = {"value": stats._round(point, 6), "ci95": [stats._round(lo, 6), stats._round(hi, 6)], "n": n}
+        out[name] = {"value": stats.round_or_none(point, 6), "ci95": [stats.round_or_none(lo, 6), stats.round_or_none(hi, 6)], "n": n}
         if name == "pairwise_accuracy" and pairs is not None:
             out[name]["pairs"] = pairs
         if name.endswith("_per_prompt") and raw.get("_per_prompt"):
@@ -1061,7 +1061,7 @@ def _average_raws(raws: list[dict]) -> dict:
             point = float(np.nanmean([v[0] for v in vals]))
             boot = np.nanmean(np.vstack([v[1] for v in vals]), axis=0)
         lo, hi = stats.percentile_ci(boot)
-        out[name] = {"value": stats._round(point, 6), "ci95": [stats._round(lo, 6), stats._round(hi, 6)],
+        out[name] = {"value": stats.round_or_none(point, 6), "ci95": [stats.round_or_none(lo, 6), stats.round_or_none(hi, 6)],
                      "n": int(max(v[2] for v in vals))}
     return out
 
