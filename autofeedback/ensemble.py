@@ -76,7 +76,8 @@ def _quiet():
         yield
 
 
-def _rowmean(Z: np.ndarray) -> np.ndarray:
+def rowmean(Z: np.ndarray) -> np.ndarray:
+    """Mean over the finite values of each row (NaN where a row has none)."""
     present = np.isfinite(Z)
     cnt = present.sum(1)
     s = np.where(present, Z, 0.0).sum(1)
@@ -85,7 +86,7 @@ def _rowmean(Z: np.ndarray) -> np.ndarray:
 
 
 def zmean(X) -> np.ndarray:
-    return _rowmean(zscores(X))
+    return rowmean(zscores(X))
 
 
 def rankmean(X) -> np.ndarray:
@@ -95,7 +96,7 @@ def rankmean(X) -> np.ndarray:
         ok = np.isfinite(X[:, j])
         if ok.any():
             R[ok, j] = (_sps.rankdata(X[ok, j]) - 0.5) / ok.sum()
-    return _rowmean(R)
+    return rowmean(R)
 
 
 def votes(X) -> np.ndarray:
@@ -113,7 +114,7 @@ def votes(X) -> np.ndarray:
 
 def vote(X) -> np.ndarray:
     """Share of the judges present that vote aligned (> 1/2: majority yes; 1/2: a tie)."""
-    return _rowmean(votes(X))
+    return rowmean(votes(X))
 
 
 # ============================================================================== learned models
