@@ -21,7 +21,7 @@ MAPPABLE = ("item_id", "rater", "score", "label", "choice", "category", "prompt_
 
 def parse_map(items) -> list[dict]:
     """['item_id=image', 'mode=pairwise', 'judgments:rater=\'gpt4o\'', ...] or {'item_id': 'image'} -> the
-    --map entries (autofeedback.protocol.parse_map: columns, constants, joins, per-file roles)."""
+    --map entries (autofeedback.eval.protocol.parse_map: columns, constants, joins, per-file roles)."""
     return protocol.parse_map(items, MAPPABLE)
 
 
@@ -137,7 +137,7 @@ def normalize(df, where, default_rater: str = "rater", prefer_item_id: bool = Fa
     consistent, first_chosen, first_sign, shown (the pair in the order shown), source.
 
     kind is score (a number), label (1/0) or choice (+1 = first image of the pair in sorted-id order,
-    -1 = second, 0 = tie). c4 is the four-way answer of a choice (autofeedback.protocol: A, B, tie,
+    -1 = second, 0 = tie). c4 is the four-way answer of a choice (autofeedback.eval.protocol: A, B, tie,
     both bad, a judge's undifferentiated tie). The item is image_ids when the file has it (item_id is then
     taken for a row id, as `import-labels` reads it) unless item_id was mapped explicitly (prefer_item_id),
     else item_id, else image_id. Without a prompt_id column, a prompt column (the prompt text) groups the

@@ -288,7 +288,7 @@ def pairwise_accuracy(x, y, groups=None, tie_policy: str = "half") -> float:
 
 def w_choice_accuracy(x, y, w=None, tie_policy: str = "half") -> np.ndarray:
     """Pairwise choices coded +1 (first), -1 (second), 0 (tie): the judge x vs the reference y. A judge value
-    beyond +-1 (2: a failed answer counted wrong, autofeedback.protocol) is an answer that is never right."""
+    beyond +-1 (2: a failed answer counted wrong, autofeedback.eval.protocol) is an answer that is never right."""
     if tie_policy not in TIE_POLICIES:
         raise ValueError(f"tie_policy must be one of {TIE_POLICIES}, got {tie_policy!r}")
     (x, y), w = complete_cases(x, y, w=w)
