@@ -193,9 +193,9 @@ def _run_judges(stage: str, values: dict) -> None:
 
 def _run_eval(stage: str, values: dict) -> None:
     cfg = _config(stage, values)
-    from . import evaluate
+    from .eval import stage
 
-    evaluate.run(cfg, echo=typer.echo)  # prints its tables as it goes
+    stage.run(cfg, echo=typer.echo)  # prints its tables as it goes
 
 
 def _run_label(stage: str, values: dict) -> None:

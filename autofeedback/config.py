@@ -305,7 +305,7 @@ class EvalConfig(StageConfig):
     wait: bool = Field(False, description="if another command is writing to RUN, wait for it instead of exiting")
     progress: bool = Field(True, description="show a progress bar over the eval steps with ETA on stderr (when it is "
                                              "a terminal)")
-    # judge ensembles and calibration (issue #10; autofeedback/ensemble.py)
+    # judge ensembles and calibration (issue #10; autofeedback/eval/ensembles.py, autofeedback/ensemble.py)
     ensemble: list[Literal["zmean", "rankmean", "vote", "learned", "logistic"]] = Field(
         default_factory=list, description="combine the pointwise judges per item: zmean (mean z-score), rankmean "
                                           "(mean percentile rank), vote (share voting aligned), learned (ridge fit "
@@ -480,7 +480,7 @@ STAGES: dict[str, Stage] = {
     "pairs": Stage(PairsConfig, "autofeedback.pairs", ("pairs",)),
     "train_dpo": Stage(TrainDPOConfig, "autofeedback.train_dpo", ("train", "dpo")),
     "train_rwr": Stage(TrainRWRConfig, "autofeedback.train_rwr", ("train", "rwr")),
-    "eval": Stage(EvalConfig, "autofeedback.evaluate", ("eval",)),
+    "eval": Stage(EvalConfig, "autofeedback.eval.stage", ("eval",)),
     "embed": Stage(EmbedConfig, "autofeedback.embeddings", ("embed",)),
     "train_reward": Stage(TrainRewardConfig, "autofeedback.reward", ("train", "reward")),
     "import_labels": Stage(ImportLabelsConfig, "autofeedback.labels", ("import-labels",), pipeline=False),

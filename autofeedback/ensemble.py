@@ -1,6 +1,7 @@
 """Judge ensembles, cross-fitted learned combinations, calibration and cost-aware judge selection.
 
-Pure numpy/scipy; works on an items x judges matrix X (NaN = the judge did not rate the item).
+Pure numpy/scipy; works on an items x judges matrix X (NaN = the judge did not rate the item). `pairs --ensemble`
+combines judges with it; `eval --ensemble` scores the combinations against humans (autofeedback.eval.ensembles).
 
 Combinations (METHODS), one score per item:
     zmean     mean of the judges' z-scores (each judge standardized over the items it rated)
@@ -36,8 +37,8 @@ budget and the gain is positive. On all items that is in-sample (tuning on the t
 
 Nested selection (`nested_predictions`, issue #22): the same selection and the learned weights made inside each
 training fold only, over several fold seeds; each held-out fold is predicted by a model that never saw its
-labels. `mixed_raw` turns the per-seed out-of-fold predictions into one estimate whose CI holds the
-seed-to-seed spread (resample b uses seed b mod R).
+labels. autofeedback.eval.ensembles.mixed_raw turns the per-seed out-of-fold predictions into one estimate whose
+CI holds the seed-to-seed spread (resample b uses seed b mod R).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def _quiet():
         yield
 
 
-def _rowmean(Z: np.ndarray) -> np.ndarray:
+def rowmean(Z: np.ndarray) -> np.ndarray:
+    """Mean over the finite values of each row (NaN where a row has none)."""
     present = np.isfinite(Z)
     cnt = present.sum(1)
     s = np.where(present, Z, 0.0).sum(1)
@@ -85,7 +87,7 @@ def _rowmean(Z: np.ndarray) -> np.ndarray:
 
 
 def zmean(X) -> np.ndarray:
-    return _rowmean(zscores(X))
+    return rowmean(zscores(X))
 
 
 def rankmean(X) -> np.ndarray:
@@ -95,7 +97,7 @@ def rankmean(X) -> np.ndarray:
         ok = np.isfinite(X[:, j])
         if ok.any():
             R[ok, j] = (_sps.rankdata(X[ok, j]) - 0.5) / ok.sum()
-    return _rowmean(R)
+    return rowmean(R)
 
 
 def votes(X) -> np.ndarray:
@@ -113,7 +115,7 @@ def votes(X) -> np.ndarray:
 
 def vote(X) -> np.ndarray:
     """Share of the judges present that vote aligned (> 1/2: majority yes; 1/2: a tie)."""
-    return _rowmean(votes(X))
+    return rowmean(votes(X))
 
 
 # ============================================================================== learned models
@@ -272,7 +274,7 @@ def _bin_index(p: np.ndarray, bins: int) -> np.ndarray:
 
 def w_ece(p, y, w=None, bins: int = 10) -> np.ndarray:
     """Expected calibration error per weight row (equal-width bins on [0, 1])."""
-    (p, y), w = stats._valid(p, y, w=w)
+    (p, y), w = stats.complete_cases(p, y, w=w)
     onehot = np.zeros((len(p), bins))
     onehot[np.arange(len(p)), _bin_index(p, bins)] = 1.0
     nb = w @ onehot
@@ -283,7 +285,7 @@ def w_ece(p, y, w=None, bins: int = 10) -> np.ndarray:
 
 
 def w_brier(p, y, w=None) -> np.ndarray:
-    (p, y), w = stats._valid(p, y, w=w)
+    (p, y), w = stats.complete_cases(p, y, w=w)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (w @ ((p - y) ** 2)) / w.sum(1)
 
@@ -391,196 +393,3 @@ def nested_predictions(X: np.ndarray, names: list[str], ref_mean: np.ndarray, al
                     preds[m][r, test] = combine(Xs, m)[test]
     freq = {name: round(float(c / fits), 6) if fits else None for name, c in zip(names, counts)}
     return preds, freq
-
-
-def mixed_raw(vectors, ctx: dict, score) -> dict:
-    """Raw estimates {name: (point, boot, n)} of a statistic over several out-of-fold prediction vectors (one
-    per fold split): the point is the mean over splits; bootstrap resample b uses split b mod R, so the
-    split-to-split spread is inside the CI. score(x, ctx) -> raw dict (evaluate._compare)."""
-    R = len(vectors)
-    rs = ctx["rs"]
-    raws = []
-    for r, x in enumerate(vectors):
-        sub = dict(ctx, rs=rs.subset(r, R))
-        if ctx.get("rs_prompts") is not None:
-            sub["rs_prompts"] = sub["rs"] if ctx["rs_prompts"] is rs else ctx["rs_prompts"].subset(r, R)
-        raws.append(score(x, sub))
-    out: dict = {}
-    for name in dict.fromkeys(k for raw in raws for k in raw):
-        vals = [raw[name] for raw in raws if name in raw]
-        if name.startswith("_"):
-            out[name] = vals[0]
-            continue
-        with _quiet():
-            point = float(np.nanmean([v[0] for v in vals]))
-        out[name] = (point, np.concatenate([np.asarray(v[1], dtype=np.float64) for v in vals]),
-                     int(max(v[2] for v in vals)))
-    return out
-
-
-# ============================================================================== the eval wiring
-def default_threshold(kind: str, values) -> float:
-    """Aligned = human mean >= this: labels 0.5; scores min + 3/4 (max - min) of the human rating values
-    (4 on a 1-5 Likert scale, 0.75 on 0-1)."""
-    if kind == "label":
-        return 0.5
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.min() + 0.75 * (v.max() - v.min()))
-
-
-def evaluate(agreement: dict, methods, members=None, folds: int = 5, seed: int = 0, ridge: float = 1.0,
-             threshold: float | None = None, calibration: str | None = "isotonic", bins: int = 10,
-             costs: dict[str, float] | None = None, cost_source: dict[str, str] | None = None,
-             budget: float | None = None, repeats: int = 5) -> tuple[dict | None, dict | None, list[str]]:
-    """Ensembles, calibration and selection from compute_agreement()'s result.
-
-    Returns (ensembles, calibration, warnings): the `ensembles` and `calibration` keys of metrics.json."""
-    import fnmatch
-
-    from . import protocol
-    from .evaluate import _average_raws, _compare, _finish
-
-    notes: list[str] = []
-    items = agreement["_items"]
-    ctx = items["ctx"]
-    kind = ctx["ref_kind"]
-    if kind == "choice":
-        return None, None, ["ensembles and calibration need pointwise human ratings (scores or labels), "
-                            "not pairwise choices: skipped"]
-    ref_mean, ref_major, ref_values = items["mean"], items["majority"], items["values"]
-    vectors = items["vectors"]
-    pointwise = [name for name in sorted(vectors) if agreement["judges"][name]["kind"] in ("score", "label")]
-    if members:
-        chosen = [name for name in pointwise if any(fnmatch.fnmatchcase(name, pat) for pat in members)]
-        unmatched = [pat for pat in members if not any(fnmatch.fnmatchcase(n, pat) for n in pointwise)]
-        if unmatched:
-            notes.append(f"--ensemble-judge {', '.join(unmatched)}: matches no pointwise judge "
-                         f"(judges: {', '.join(pointwise)})")
-    else:
-        chosen = pointwise
-    n = len(ref_mean)
-    threshold = default_threshold(kind, ref_values) if threshold is None else float(threshold)
-    if kind == "label":
-        aligned = np.where(np.isfinite(ref_major), ref_major, np.nan)
-    else:
-        aligned = np.where(np.isfinite(ref_mean), (ref_mean >= threshold).astype(np.float64), np.nan)
-    groups = ctx["groups"]
-    fold = fold_ids(n, groups, folds, seed)
-    fold_unit = "prompt_id" if groups is not None else "item"
-    rs: stats.Resampler = ctx["rs"]
-    primary = "spearman"
-
-    ens = None
-    ens_vectors: dict[str, np.ndarray] = {}
-    if methods:
-        if len(chosen) < 2:
-            notes.append(f"ensembles need >= 2 pointwise judges; have {len(chosen)} ({', '.join(chosen) or '-'}): "
-                         f"skipped")
-        else:
-            X = np.column_stack([vectors[name] for name in chosen])
-            loo = items.get("loo")
-            results = {}
-            for method in methods:
-                x = combine(X, method, ref_mean, aligned, fold, ridge)
-                ens_vectors[method] = x
-                entry = {"method": method, "members": chosen, "n_items": int(np.isfinite(x).sum()),
-                         "out_of_fold": method in LEARNED,
-                         "selection": "none: all members given (choosing among these rows after seeing them is "
-                                      "in-sample)",
-                         "metrics": _finish(_compare(x, "score", ref_mean, ref_major, ref_values, ctx))}
-                if loo:
-                    entry["metrics_loo"] = _average_raws(protocol.loo_raws(x, "score", loo, ref_values, ctx, _compare))
-                if method in LEARNED:
-                    entry["weights"] = dict(zip(["intercept", *chosen],
-                                                learned_weights(X, ref_mean, aligned, method, ridge) or []))
-                    entry["target"] = ("human mean" if method == "learned" else f"aligned (human mean >= {threshold:g})"
-                                       if kind == "score" else "human majority label")
-                results[method] = entry
-            ceiling = (agreement["human"] or {}).get("ceiling")
-            best_single = max(chosen, key=lambda j: ((agreement["judges"][j]["metrics"].get(primary) or {})
-                                                     .get("value") or -9))
-            ens = {"members": chosen, "methods": list(methods), "primary_metric": primary,
-                   "folds": int(np.unique(fold).size), "fold_unit": fold_unit, "seed": seed, "ridge": ridge,
-                   "missing": "zmean/rankmean/vote: mean over the judges present for the item; learned/logistic: "
-                              "a missing z-score counts as 0 (the judge's training mean)",
-                   "results": results,
-                   "best_single": {"judge": best_single, "metrics": agreement["judges"][best_single]["metrics"]},
-                   "ceiling": None if not ceiling else ceiling["metrics"],
-                   "selection": None}
-            # greedy selection under a budget: which judges buy the most agreement per dollar
-            costs = costs or {}
-            score = lambda v: stats.spearman(v, ref_mean)  # noqa: E731
-            steps = greedy_select(X, chosen, costs, score, budget)
-            for st in steps:
-                idx = [chosen.index(s["judge"]) for s in steps[:steps.index(st) + 1]]
-                z = zmean(X[:, idx])
-                st["metric"] = stats.estimate(lambda w, z=z: stats.w_spearman(z, ref_mean, w), rs,
-                                              point=st["value"], n=int((np.isfinite(z) & np.isfinite(ref_mean)).sum()))
-            ens["selection"] = {
-                "combination": "zmean", "metric": primary, "budget_usd": budget,
-                "costs_usd": {j: float(costs.get(j, 0.0) or 0.0) for j in chosen},
-                "cost_source": {j: (cost_source or {}).get(j, "free") for j in chosen},
-                "steps": steps, "in_sample": True,
-                "note": "IN-SAMPLE: selected on all items, the same items it is scored on; the path is optimistic "
-                        "(the honest number is ensembles.nested)",
-            }
-            # nested cross-fitting: members and weights chosen inside each training fold (issue #22)
-            preds, freq = nested_predictions(X, chosen, ref_mean, aligned, groups, list(methods), folds, repeats,
-                                             seed, ridge, costs, budget)
-            nested = {}
-            for method in methods:
-                vecs = list(preds[method])
-                raw = mixed_raw(vecs, ctx, lambda x, c: _compare(x, "score", ref_mean, ref_major, ref_values, c))
-                entry = {"method": method, "n_items": int(np.isfinite(vecs[0]).sum()),
-                         "metrics": _finish(raw)}
-                if loo:
-                    per_rater = [mixed_raw(vecs, ctx, lambda x, c, e=e: _compare(
-                        np.where(e["mask"], x, np.nan), "score", e["mean"], e["majority"], ref_values, c))
-                        for e in loo.entries]
-                    entry["metrics_loo"] = _average_raws(per_rater)
-                nested[method] = entry
-            ens["nested"] = {
-                "protocol": f"nested cross-fitting: in each of {int(np.unique(fold).size)} folds grouped by "
-                            f"{fold_unit}, repeated over {repeats} fold seeds ({seed}..{seed + repeats - 1}), the "
-                            f"members are chosen by greedy z-mean Spearman selection"
-                            + (f" within budget ${budget:g}" if budget is not None else "")
-                            + " and the weights fitted on the training folds only, then the held-out fold is "
-                              "predicted; numbers are on out-of-fold predictions (mean over fold seeds; each "
-                              "bootstrap resample uses one fold seed, so their spread is inside the CI)",
-                "folds": int(np.unique(fold).size), "repeats": repeats, "fold_unit": fold_unit,
-                "selection_frequency": freq, "results": nested}
-
-    cal = None
-    if calibration:
-        to_cal = {name: vectors[name] for name in pointwise}
-        to_cal.update({f"ensemble:{m}": v for m, v in ens_vectors.items()})
-        out = {}
-        for name, x in to_cal.items():
-            if name == "ensemble:logistic":
-                p, how = x, "as predicted (out-of-fold logistic P(aligned))"
-            else:
-                p, how = calibrate(x, aligned, fold, calibration), calibration
-            ok = np.isfinite(p) & np.isfinite(aligned)
-            if ok.sum() < 2:
-                continue
-            entry = {"mapping": how, "n_items": int(ok.sum()),
-                     "ece": stats.estimate(lambda w, p=p: w_ece(p, aligned, w, bins), rs, n=int(ok.sum())),
-                     "brier": stats.estimate(lambda w, p=p: w_brier(p, aligned, w), rs, n=int(ok.sum())),
-                     "reliability": reliability(p, aligned, bins)}
-            raw = x[np.isfinite(x)]
-            if raw.size and raw.min() >= 0 and raw.max() <= 1 and not name.startswith("ensemble:"):
-                entry["ece_raw"] = stats.estimate(lambda w, x=x: w_ece(x, aligned, w, bins), rs, n=int(ok.sum()))
-            out[name] = entry
-        cal = {"method": calibration, "aligned": (f"human mean >= {threshold:g}" if kind == "score"
-                                                  else "human majority label = yes"),
-               "aligned_threshold": threshold if kind == "score" else None,
-               "aligned_rate": _r(np.nanmean(aligned)) if np.isfinite(aligned).any() else None,
-               "folds": int(np.unique(fold).size), "fold_unit": fold_unit, "bins": bins,
-               "ece": f"sum over {bins} equal-width bins of predicted P(aligned) on [0, 1] of (n_bin / n) * "
-                      f"|share aligned - mean predicted|",
-               "judges": out}
-    return ens, cal, notes
-
-
-def _r(v) -> float:
-    return round(float(v), 6)

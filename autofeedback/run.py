@@ -22,9 +22,9 @@ from pathlib import Path
 import yaml
 
 from . import alignment
-from .evaluate import write_metrics  # the one metrics.json writer (merges with what eval wrote)
 from .config import STAGES, STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
+from .eval import write_metrics  # the one metrics.json writer (merges with what eval wrote)
 
 PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip", "images_model", "anchor_model")
 # stage name in a pipeline YAML -> module with run(cfg) and format_summary(summary, cfg) (from config.STAGES)

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from autofeedback import ensemble, evaluate
+from autofeedback import ensemble
 from autofeedback.config import EvalConfig
+from autofeedback.eval import stage
 
 from .conftest import REPO, cli
 
@@ -104,8 +105,8 @@ def test_shuffled_labels_learned_ensemble_at_chance(tmp_path):
     long = wide.reset_index().melt(id_vars="item_id", var_name="rater", value_name="score").join(meta, on="item_id")
     path = tmp_path / "shuffled.parquet"
     long.to_parquet(path)
-    m = evaluate.run(EvalConfig(run_dir=tmp_path / "run", human=path, judgments=[TIFA_METRICS], bootstrap=300,
-                                ensemble=["learned", "logistic"], html=False))
+    m = stage.run(EvalConfig(run_dir=tmp_path / "run", human=path, judgments=[TIFA_METRICS], bootstrap=300,
+                             ensemble=["learned", "logistic"], html=False))
     for method in ("learned", "logistic"):
         met = m["ensembles"]["results"][method]["metrics"]
         lo, hi = met["spearman"]["ci95"]
@@ -151,8 +152,8 @@ def test_long_format_with_missing_scores(tmp_path):
     m = m[keep]
     path = tmp_path / "judges.csv"
     m.to_csv(path, index=False)
-    out = evaluate.run(EvalConfig(run_dir=tmp_path / "run", human=TIFA_HUMAN, judgments=[path], bootstrap=200,
-                                  ensemble=["zmean", "rankmean", "vote", "learned"], html=False))
+    out = stage.run(EvalConfig(run_dir=tmp_path / "run", human=TIFA_HUMAN, judgments=[path], bootstrap=200,
+                               ensemble=["zmean", "rankmean", "vote", "learned"], html=False))
     judges = out["agreement"]["judges"]
     assert judges[TIFA5[0]]["n_items"] == 560 and judges[TIFA5[1]]["n_items"] == 720
     res = out["ensembles"]["results"]
@@ -223,8 +224,8 @@ def test_costs_from_judgments_cost_usd(tmp_path):
     m["cost_usd"] = np.where(m["judge"] == TIFA5[0], 0.01, np.nan)
     path = tmp_path / "judges.jsonl"
     m.to_json(path, orient="records", lines=True)
-    out = evaluate.run(EvalConfig(run_dir=tmp_path / "run", human=TIFA_HUMAN, judgments=[path], bootstrap=100,
-                                  ensemble=["zmean"], html=False))
+    out = stage.run(EvalConfig(run_dir=tmp_path / "run", human=TIFA_HUMAN, judgments=[path], bootstrap=100,
+                               ensemble=["zmean"], html=False))
     sel = out["ensembles"]["selection"]
     assert sel["costs_usd"][TIFA5[0]] == pytest.approx(8.0) and sel["cost_source"][TIFA5[0]] == "judgments.cost_usd"
     assert sel["costs_usd"][TIFA5[1]] == 0.0 and sel["cost_source"][TIFA5[1]] == "free"
@@ -282,8 +283,8 @@ def test_yes_no_humans_and_pairwise_humans(tmp_path):
     hp, jp = tmp_path / "human.csv", tmp_path / "judges.jsonl"
     human.to_csv(hp, index=False)
     judges.to_json(jp, orient="records", lines=True)
-    out = evaluate.run(EvalConfig(run_dir=tmp_path / "run", human=hp, judgments=[jp], bootstrap=100,
-                                  ensemble=["zmean", "vote", "logistic"]))
+    out = stage.run(EvalConfig(run_dir=tmp_path / "run", human=hp, judgments=[jp], bootstrap=100,
+                               ensemble=["zmean", "vote", "logistic"]))
     assert out["ensembles"]["members"] == ["good", "noisy", "yesno"]
     assert out["calibration"]["aligned"] == "human majority label = yes"
     assert out["ensembles"]["results"]["logistic"]["metrics"]["spearman"]["value"] > 0.5
@@ -293,8 +294,8 @@ def test_yes_no_humans_and_pairwise_humans(tmp_path):
     pairs_j = pd.DataFrame({"item_id": ["a|b", "a|c"], "judge": ["j", "j"], "choice": ["A", "A"]})
     pairs_h.to_csv(tmp_path / "ph.csv", index=False)
     pairs_j.to_csv(tmp_path / "pj.csv", index=False)
-    out = evaluate.run(EvalConfig(run_dir=tmp_path / "run2", human=tmp_path / "ph.csv", judgments=[tmp_path / "pj.csv"],
-                                  bootstrap=100, ensemble=["zmean"], html=False))
+    out = stage.run(EvalConfig(run_dir=tmp_path / "run2", human=tmp_path / "ph.csv", judgments=[tmp_path / "pj.csv"],
+                               bootstrap=100, ensemble=["zmean"], html=False))
     assert out["ensembles"] is None and any("pairwise choices" in w for w in out["agreement"]["warnings"])
 
 

@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autofeedback import evaluate, tables
+from autofeedback import tables
 from autofeedback.config import EvalConfig
 from autofeedback.errors import InputError
+from autofeedback.eval import stage
+from autofeedback.eval.before_after import before_after
 
 from .conftest import REPO, cli
 
@@ -32,7 +34,7 @@ PUBLISHED = {"tifa_mplug-large": 0.592, "tifa_blip2-flant5xl": 0.558, "clipscore
 
 def _eval(run_dir, **kw):
     kw.setdefault("bootstrap", 200)
-    return evaluate.run(EvalConfig(run_dir=run_dir, **kw))
+    return stage.run(EvalConfig(run_dir=run_dir, **kw))
 
 
 # ------------------------------------------------------------------------------------ TIFA / DSG
@@ -253,7 +255,7 @@ def test_before_after_by_hand():
         _j("i7", True, 1.0, True),                        # prompt p3 has no image of A: left out
         _j("i3", True, 1.0, True, status="parse_error"),  # not ok: not counted
     ])
-    ba = evaluate.before_after(images, judgments, n_boot=300)
+    ba = before_after(images, judgments, n_boot=300)
     assert ba["models"] == ["A", "B"] and ba["baseline"] == "A" and ba["judge"] == "shapes"
     assert ba["n_prompts"] == 2 and ba["n_prompts_dropped"] == 1
     a, b = ba["per_model"]["A"], ba["per_model"]["B"]
@@ -269,11 +271,11 @@ def test_before_after_by_hand():
     assert (c["win_rate"]["wins"], c["win_rate"]["ties"], c["win_rate"]["losses"]) == (1, 1, 0)
     assert c["win_rate"]["ci95"][0] <= 0.75 <= c["win_rate"]["ci95"][1]
     # explicit order reverses the comparison
-    rev = evaluate.before_after(images, judgments, models=["B", "A"], n_boot=100)
+    rev = before_after(images, judgments, models=["B", "A"], n_boot=100)
     assert rev["comparisons"][0]["alignment_diff"]["value"] == pytest.approx(-1 / 3)
     with pytest.raises(InputError, match="model"):
-        evaluate.before_after(images, judgments, models=["A", "C"])
-    assert evaluate.before_after(images[images["model"] == "A"], judgments) is None
+        before_after(images, judgments, models=["A", "C"])
+    assert before_after(images[images["model"] == "A"], judgments) is None
     # one model named is a mistake (e.g. --models given twice, the last one winning), not "nothing to report"
     with pytest.raises(ValueError, match="at least 2"):
         EvalConfig(run_dir="r", models=["A"])
@@ -485,8 +487,8 @@ def test_model_labels_are_short_names_full_paths_stay_in_json():
     long_a, long_b = "/very/long/machine/path/data/models/base", "/very/long/machine/path/runs/x/rwr/pipeline"
     images = pd.DataFrame({"image_id": ["i1", "i2"], "prompt_id": ["p1", "p1"], "model": [long_a, long_b],
                            "created_at": [_t(0), _t(5)]})
-    ba = evaluate.before_after(images, pd.DataFrame([_j("i1", False, 0.0, False), _j("i2", True, 1.0, True)]),
-                               n_boot=50)
+    ba = before_after(images, pd.DataFrame([_j("i1", False, 0.0, False), _j("i2", True, 1.0, True)]),
+                      n_boot=50)
     assert ba["models"] == [long_a, long_b] and ba["labels"] == {long_a: "base", long_b: "rwr"}
     text = format_terminal({"before_after": ba})
     assert "  rwr vs base: alignment +100.0 pts" in text and "/very/long" not in text

@@ -48,11 +48,11 @@ def test_train_dpo_bar_on_a_terminal_keeps_the_log_lines(tmp_path, tiny_model, c
 
 
 def test_eval_bar_walks_the_steps(shapes_run, capsys, monkeypatch):
-    from autofeedback import evaluate
+    from autofeedback.eval import stage
 
     judge.run(JudgeConfig(run_dir=shapes_run, judge="shapes"))
     tty = _Tty()
     monkeypatch.setattr(sys, "stderr", tty)
-    evaluate.run(EvalConfig(run_dir=shapes_run, bootstrap=200), echo=print)
-    assert "eval" in tty.getvalue() and f"{len(evaluate.EVAL_STEPS)}/{len(evaluate.EVAL_STEPS)}" in tty.getvalue()
+    stage.run(EvalConfig(run_dir=shapes_run, bootstrap=200), echo=print)
+    assert "eval" in tty.getvalue() and f"{len(stage.EVAL_STEPS)}/{len(stage.EVAL_STEPS)}" in tty.getvalue()
     assert "wrote" in capsys.readouterr().out

@@ -14,9 +14,12 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from autofeedback import ensemble, evaluate, protocol, report, stats
+from autofeedback import ensemble, report, stats
 from autofeedback.config import EvalConfig
 from autofeedback.errors import InputError
+from autofeedback.eval import protocol, stage
+from autofeedback.eval.ensembles import mixed_raw
+from autofeedback.eval.scoring import RawMetrics, ScoringContext
 
 from .conftest import cli
 
@@ -26,7 +29,7 @@ def _eval(run_dir, **kw):
     kw.setdefault("html", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)   # item 8: no RuntimeWarning leaks
-        return evaluate.run(EvalConfig(run_dir=run_dir, **kw))
+        return stage.run(EvalConfig(run_dir=run_dir, **kw))
 
 
 def _write(tmp_path, name, rows):
@@ -147,15 +150,16 @@ def test_nested_selection_by_hand_on_the_functions():
 
 def test_mixed_raw_takes_turns_between_fold_splits():
     rs = stats.Resampler(10, 6, seed=0)
-    ctx = {"rs": rs, "rs_prompts": None}
+    ctx = ScoringContext(ref_kind="score", groups=None, tie_policy="half", rs=rs, rs_prompts=None)
     calls = []
 
     def score(x, c):
-        calls.append(c["rs"].n_boot)
-        return {"m": (float(x[0]), np.full(c["rs"].n_boot, x[0]), 10)}
+        calls.append(c.rs.n_boot)
+        return RawMetrics({"m": (float(x[0]), np.full(c.rs.n_boot, x[0]), 10)})
 
-    raw = ensemble.mixed_raw([np.zeros(10), np.ones(10)], ctx, score)
-    assert calls == [3, 3] and raw["m"][0] == 0.5 and sorted(raw["m"][1]) == [0, 0, 0, 1, 1, 1]
+    raw = mixed_raw([np.zeros(10), np.ones(10)], ctx, score)
+    m = raw.estimates["m"]
+    assert calls == [3, 3] and m[0] == 0.5 and sorted(m[1]) == [0, 0, 0, 1, 1, 1]
 
 
 # ------------------------------------------------------------------ 3. prompt (cluster) bootstrap

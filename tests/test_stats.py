@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from autofeedback import stats
+from autofeedback.stats import ranks
 
 NAN = float("nan")
 
@@ -253,9 +254,9 @@ def test_pair_kernel_chunking_does_not_change_results():
     rng = np.random.default_rng(4)
     x, y, g = rng.integers(0, 6, 90).astype(float), rng.normal(size=90), rng.integers(0, 4, 90).astype(float)
     w = np.concatenate(list(stats.Resampler(90, 20, seed=2).weights()))
-    whole = stats._sign_quadratic_form(x, y, w, g)
-    assert np.array_equal(whole, stats._sign_quadratic_form(x, y, w, g, max_cells=90 * 16))
-    assert np.array_equal(whole, stats._sign_quadratic_form(x, y, w, g, max_cells=1))
+    whole = ranks._sign_quadratic_form(x, y, w, g)
+    assert np.array_equal(whole, ranks._sign_quadratic_form(x, y, w, g, max_cells=90 * 16))
+    assert np.array_equal(whole, ranks._sign_quadratic_form(x, y, w, g, max_cells=1))
 
 
 # ---------------------------------------------------------------------------- issue #22 additions

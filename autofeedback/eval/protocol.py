@@ -16,7 +16,8 @@ can be published.
     column maps and label words    --map TARGET=SOURCE with constants, joins and per-file roles; --labels
                                    yes=1,partly=0.5,no=0
 
-Pure numpy/pandas; the statistics themselves are in autofeedback.stats.
+Pure numpy/pandas; the statistics themselves are in autofeedback.stats, the scoring against these targets
+in autofeedback.eval.scoring (loo_raws).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import warnings
 
 import numpy as np
 
-from . import stats
-from .errors import InputError
+from .. import stats
+from ..errors import InputError
 
 # ============================================================================ four-way pairwise answers
-# canonical orientation: "A" = the first image of the pair (for image_ids pairs, evaluate maps it to the
+# canonical orientation: "A" = the first image of the pair (for image_ids pairs, eval.ratings maps it to the
 # sorted-first image like the three-way sign)
 _A = {"leftvote", "left_vote", "a>b", "a>>b", "a_better", "a is better"}
 _B = {"rightvote", "right_vote", "b>a", "b>>a", "b_better", "b is better"}
@@ -163,17 +164,6 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
-
-
-def loo_raws(x, xkind, targets: LooTargets, ref_values, ctx, compare, mask=None, x4=None) -> list[dict]:
-    """Raw metric estimates of a judge vector against each rater's leave-one-out target (same items)."""
-    out = []
-    for e in targets.entries:
-        xm = np.where(e["mask"], x, np.nan)
-        x4m = None if x4 is None else np.where(e["mask"], x4, np.nan)
-        out.append(compare(xm, xkind, e["mean"], e["majority"], ref_values, ctx, mask=mask, x4=x4m, ref4=e["ref4"],
-                           per_prompt=mask is None))
-    return out
 
 
 # ============================================================================ scales
