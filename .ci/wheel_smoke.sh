@@ -2,7 +2,8 @@
 # Wheel smoke test: what `pip install .` (not -e) gives a user works outside the repository.
 #   build the wheel from the source tree -> fresh venv (CPU torch first, then the wheel) -> from a folder
 #   outside the repo: `autofeedback --help`, every built-in judge template loads from the installed package,
-#   and one judge run against the local OpenAI-protocol checker server writes ok judgments.
+#   one judge run against the local OpenAI-protocol checker server writes ok judgments, `eval` renders the HTML
+#   report from its template and the label page serves its static files.
 # Offline from the Hugging Face Hub (pip still needs its index or cache). Usage: .ci/wheel_smoke.sh [PYTHON]
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -55,7 +56,7 @@ step "autofeedback --help ok"
 timeout 120 "$V/python" - <<'EOF'
 import autofeedback, sys
 from pathlib import Path
-from autofeedback.judges.vlm import DEFAULT_TEMPLATES, TASK_MODE, Template, builtin_templates
+from autofeedback.judges.templates import DEFAULT_TEMPLATES, TASK_MODE, Template, builtin_templates
 
 assert Path(autofeedback.__file__).resolve().is_relative_to(Path(sys.prefix).resolve()), autofeedback.__file__
 found = builtin_templates()
@@ -96,5 +97,23 @@ assert all(r["template"].startswith("pointwise_binary.v1@") for r in ok)
 print(f"judgments: {len(ok)}/{len(rows)} ok, template {ok[0]['template']}, judge {ok[0]['judge']}")
 EOF
 step "judge against the local server ok"
+
+# 6. The HTML report (a Jinja2 template) and the label page's static files, from the installed package data.
+timeout 300 "$V/autofeedback" eval run | tail -n 1
+timeout 120 "$V/python" - <<'EOF'
+import urllib.request
+from pathlib import Path
+from autofeedback.config import LabelConfig
+from autofeedback.label_server import LabelServer
+
+page = Path("run/report/report.html").read_text()
+assert "<h2>Judge health</h2>" in page and "data:image/png;base64," in page and "{{" not in page, page[:500]
+with LabelServer(LabelConfig(run_dir=Path("run"), port=0, token="smoke")) as s:
+    got = {p: urllib.request.urlopen(s.url + p, timeout=10).read().decode()
+           for p in ("", "static/label.css", "static/label.js")}
+assert '"token": "smoke"' in got[""] and "pixelated" in got["static/label.css"] and "CONF" in got["static/label.js"]
+print(f"report.html {len(page)} chars; label page, label.css, label.js served")
+EOF
+step "report and label page from package data ok"
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
 step "passed ($WORK is removed in the background)"

@@ -201,16 +201,17 @@ def _run_eval(stage: str, values: dict) -> None:
 def _run_label(stage: str, values: dict) -> None:
     cfg = _config(stage, values)
     from . import label_server as module
+    from . import label_studio
 
     if cfg.export_label_studio is not None and cfg.import_label_studio is not None:
         raise InputError("give --export-label-studio or --import-label-studio, not both")
     if cfg.export_label_studio is not None:
-        s = module.export_label_studio(cfg, cfg.export_label_studio)
+        s = label_studio.export_label_studio(cfg, cfg.export_label_studio)
         typer.echo(f"wrote {s['tasks']} tasks ({s['annotations']} annotations) to {s['file']}; "
                    f"labeling config: {s['config']}")
         return
     if cfg.import_label_studio is not None:
-        s = module.import_label_studio(cfg, cfg.import_label_studio)
+        s = label_studio.import_label_studio(cfg, cfg.import_label_studio)
         typer.echo(f"read {s['labels']} labels of {len(s['annotators'])} annotators from {s['tasks']} tasks "
                    f"({s['cancelled']} cancelled); {s['written']} new or changed rows written")
         return

@@ -416,6 +416,50 @@ def test_report_html_is_self_contained(shapes_run):
     assert "http://" not in html and "https://" not in html and "<link rel=\"stylesheet\"" not in html
 
 
+def test_report_html_escapes_what_comes_from_the_run(shapes_run):
+    """Prompts, captions, file names, judge names and answers reach the report from the run's tables: the
+    template (autoescape on) writes a hostile one as text, never as markup."""
+    import copy
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    from autofeedback.report import render_html
+
+    _, metrics, _ = shapes_run
+    evil = '<script>alert("x")</script><img src=x onerror="alert(1)">&amp;\'</p>'
+    m = copy.deepcopy(metrics)
+    m.setdefault("eval", {})["run_dir"] = evil
+    ag = m["agreement"]
+    ag["judges"] = {evil + name: j for name, j in ag["judges"].items()}
+    ag["human"]["source"] = evil
+    ag["warnings"] = [evil]
+    m["judge_health"] = {evil + name: v for name, v in m["judge_health"].items()}
+    m["before_after"]["labels"] = {model: evil for model in m["before_after"]["models"]}
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="PNG")
+    grids = [{"title": evil, "note": evil, "items": [{"png": buf.getvalue(), "image_id": evil, "caption": evil}]}]
+    page = render_html(m, grids)
+
+    class Parse(HTMLParser):
+        tags, attrs, text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.attrs += [name for name, _ in attrs]
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    p = Parse()
+    p.feed(page)
+    assert p.tags.count("script") == 1 and "onerror" not in p.attrs  # the report's own script, no injected one
+    assert p.tags.count("p") == page.count("</p>")                   # no paragraph closed early
+    text = "".join(p.text)
+    # the string comes back as it was (its "&amp;" too): title, heading, source, judges, warning, models, grid
+    assert text.count(evil) >= 10, text.count(evil)
+
+
 # ---------------------------------------------------------------------------------- Chromium
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autofeedback import label_server, tables
+from autofeedback import label_server, label_studio, tables
 from autofeedback.config import LabelConfig
 from autofeedback.shapes.demo import make_rendered_run
 
@@ -208,7 +208,34 @@ def test_image_endpoint_serves_png(run_dir):
         assert call(s.url, "GET", "/img/nope")[0] == 404
         with urllib.request.urlopen(s.url, timeout=10) as r:
             page = r.read().decode()
-        assert "image-rendering: pixelated" in page and TOKEN in page
+        assert TOKEN in page and '<link rel="stylesheet" href="/static/label.css">' in page
+        assert '<script src="/static/label.js"></script>' in page
+
+
+def test_page_static_files_are_served_from_the_package(run_dir):
+    """The page's style and script are package data (autofeedback/templates/label/), served at /static/."""
+    with serve(run_dir) as s:
+        for name, ctype, needle in [("label.css", "text/css", "image-rendering: pixelated"),
+                                    ("label.js", "text/javascript", 'getElementById("conf")')]:
+            with urllib.request.urlopen(f"{s.url}static/{name}", timeout=10) as r:
+                assert r.headers["Content-Type"] == f"{ctype}; charset=utf-8"
+                assert r.headers["X-Content-Type-Options"] == "nosniff"
+                assert needle in r.read().decode()
+        for path in ("/static/index.html.j2", "/static/../label_server.py", "/static/", "/static/label.css/x"):
+            assert call(s.url, "GET", path)[0] == 404, path  # the two files only, never another
+
+
+def test_page_settings_cannot_break_out_of_their_json_block(run_dir):
+    """?annotator= is the visitor's text: it reaches the page only inside the JSON block, with <, > and & escaped."""
+    from urllib.parse import quote
+
+    evil = '</script><script>alert(1)</script><!--'
+    with serve(run_dir) as s:
+        with urllib.request.urlopen(f"{s.url}?annotator={quote(evil)}", timeout=10) as r:
+            page = r.read().decode()
+    assert page.count("<script") == 2 and evil not in page
+    block = page.split('<script id="conf" type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(block) == {"mode": "pointwise", "token": TOKEN, "annotator": evil}
 
 
 # ============================================================================================ ordering
@@ -528,7 +555,7 @@ def test_label_studio_export_import_round_trip(run_dir, tmp_path, mode):
         post(s.url, "/api/label", "alice", item_id=first["item_id"],
              **({"label": "good"} if mode == "pointwise" else {"choice": "B"}))
     out = tmp_path / "ls" / "tasks.json"
-    summary = label_server.export_label_studio(cfg, out)
+    summary = label_studio.export_label_studio(cfg, out)
     assert summary["tasks"] == 12 and summary["annotations"] == 1
     assert "<Choices" in out.with_suffix(".xml").read_text()
     tasks = json.loads(out.read_text())
@@ -538,7 +565,7 @@ def test_label_studio_export_import_round_trip(run_dir, tmp_path, mode):
     assert ann["data"]["item_id"] == first["item_id"]
     assert ann["annotations"][0]["completed_by"] == {"email": "alice"}
     # exported and imported unchanged: nothing new
-    assert label_server.import_label_studio(cfg, out)["written"] == 0
+    assert label_studio.import_label_studio(cfg, out)["written"] == 0
     # what Label Studio gives back: another user's answers (user id 7), one cancelled (skipped) task
     value = "bad" if mode == "pointwise" else "A"
     for t in tasks[:3]:
@@ -547,7 +574,7 @@ def test_label_studio_export_import_round_trip(run_dir, tmp_path, mode):
                                              "value": {"choices": [value]}}]})
     tasks[3]["annotations"].append({"completed_by": 7, "was_cancelled": True, "result": []})
     out.write_text(json.dumps(tasks))
-    s = label_server.import_label_studio(cfg, out)
+    s = label_studio.import_label_studio(cfg, out)
     assert (s["written"], s["cancelled"]) == (3, 1)
     got = rows(run_dir, "labelstudio-user-7")
     assert len(got) == 3
@@ -560,5 +587,5 @@ def test_label_studio_export_import_round_trip(run_dir, tmp_path, mode):
     out.write_text(json.dumps(tasks))
     before = shard_listing(run_dir)
     with pytest.raises(Exception, match="task 1: item 'elsewhere'"):
-        label_server.import_label_studio(cfg, out)
+        label_studio.import_label_studio(cfg, out)
     assert shard_listing(run_dir) == before

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autofeedback.judges.vlm import DEFAULT_TEMPLATES, TASK_MODE, Template, builtin_templates
+from autofeedback.judges.templates import DEFAULT_TEMPLATES, TASK_MODE, Template, builtin_templates
 
 from .conftest import REPO
 
@@ -84,8 +84,8 @@ def test_every_third_party_import_is_a_declared_dependency():
 
 def test_templates_missing_from_an_install_is_a_clear_error(tmp_path, monkeypatch):
     from autofeedback.errors import InputError
-    from autofeedback.judges import vlm
+    from autofeedback.judges import templates
 
-    monkeypatch.setattr(vlm.resources, "files", lambda package: tmp_path)  # a wheel built without package data
+    monkeypatch.setattr(templates.resources, "files", lambda package: tmp_path)  # a wheel built without package data
     with pytest.raises(InputError, match="missing from the installed package"):
         Template.load(None, "pointwise")

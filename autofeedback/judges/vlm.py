@@ -2,10 +2,11 @@
 
     --judge openai:gpt-4o [--base-url URL]      key from $OPENAI_API_KEY (or --api-key-env NAME)
 
-Transport and task are apart: templates (autofeedback/templates/judges/*.yaml, package data) say what to
-ask and which answer model parses the reply (judges/parsing.py); this module only moves requests.
+Transport and task are apart: templates (autofeedback/templates/judges/*.yaml, package data; judges/templates.py)
+say what to ask and which answer model parses the reply (judges/parsing.py); this module only moves requests.
+The cache, rate limits, budget and Ctrl-C drain are judges/reliability.py; the Batch API path judges/openai_batch.py.
 
-Reliability, in one place:
+Reliability:
 - HTTP retries: only the SDK's (max_retries, honours Retry-After), with an explicit timeout.
 - A reply that arrives but doesn't parse is asked again once (tenacity); then status=parse_error
   with the raw text. Refusals and truncated replies are recorded as such. Never a default answer.
@@ -29,95 +30,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import math
 import os
-import signal
-import sqlite3
-import sys
 import time
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-
-import yaml
+from typing import Callable
 
 from ..errors import InputError
 from ..redact import redact, redact_all
 from . import parsing
+from .reliability import Budget, DrainOnInterrupt, RateLimiter, ResponseCache
+from .templates import DEFAULT_TEMPLATES, TASK_MODE, Template, builtin_templates  # noqa: F401 (vlm's API, as before)
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
-
-# The built-in templates are package data (autofeedback/templates/judges/*.yaml), read through importlib.resources
-# so that an installed wheel finds them as well as a source checkout does.
-DEFAULT_TEMPLATES = {"pointwise": "pointwise_binary.v1", "pairwise": "pairwise.v1", "listwise": "listwise.v1",
-                     "caption": "caption.v1", "vqa": "vqa.v1"}
-TASK_MODE = {"pointwise_binary": "pointwise", "pointwise_score": "pointwise", "pairwise": "pairwise",
-             "listwise": "listwise", "caption": "caption", "vqa": "vqa"}
 # USD per 1M tokens (input, output). Override with --price-input/--price-output.
 PRICES = {
     "gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00), "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1-nano": (0.10, 0.40), "gpt-5": (1.25, 10.00), "gpt-5-mini": (0.25, 2.00),
 }
 BATCH_DISCOUNT = 0.5
-
-
-# ----------------------------------------------------------------------------------- templates
-def builtin_templates() -> dict[str, Traversable]:
-    """The templates shipped in the package, by file stem (e.g. 'pairwise.v1')."""
-    folder = resources.files("autofeedback") / "templates" / "judges"
-    if not folder.is_dir():
-        raise InputError("the built-in judge templates are missing from the installed package "
-                         "(autofeedback/templates/judges/): reinstall autofeedback")
-    return {f.name.removesuffix(".yaml"): f for f in folder.iterdir() if f.is_file() and f.name.endswith(".yaml")}
-
-
-class Template:
-    def __init__(self, path: Path | Traversable) -> None:
-        self.path = path
-        raw = path.read_text(encoding="utf-8")
-        try:
-            spec = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(spec, dict) or "task" not in spec or "user" not in spec:
-            raise InputError(f"{path}: a judge template needs 'task' and 'user' keys")
-        if spec["task"] not in parsing.MODELS:
-            raise InputError(f"{path}: unknown task {spec['task']!r}; known: {', '.join(parsing.MODELS)}")
-        self.task: str = spec["task"]
-        self.system: str | None = spec.get("system")
-        self.user: str = spec["user"]
-        import hashlib
-
-        self.hash = hashlib.sha256(raw.encode()).hexdigest()[:8]
-        stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-        self.name = f"{stem}@{self.hash}"
-
-    @classmethod
-    def load(cls, name_or_path: str | None, mode: str) -> "Template":
-        name = name_or_path or DEFAULT_TEMPLATES[mode]
-        path: Path | Traversable = Path(name)
-        if not path.exists():  # not a file the user named: a built-in template, by name
-            builtin = builtin_templates()
-            stem = name.removesuffix(".yaml")
-            if stem not in builtin:
-                raise InputError(f"judge template not found: {name_or_path} (built-in: {', '.join(sorted(builtin))})")
-            path = builtin[stem]
-        tpl = cls(path)
-        if TASK_MODE[tpl.task] != mode:
-            raise InputError(f"template {tpl.name} is for mode {TASK_MODE[tpl.task]!r}, not {mode!r}")
-        return tpl
-
-    def render(self, unit: dict) -> str:
-        questions = "\n".join(f"{i}. {q}" for i, (q, _) in enumerate(unit.get("questions") or [], start=1))
-        try:
-            return self.user.format(prompt=unit["prompt"], n_images=len(unit["images"]), questions=questions)
-        except (KeyError, IndexError) as exc:
-            raise InputError(f"{self.path}: unknown placeholder {exc} (use {{prompt}}, {{n_images}}, "
-                             f"{{questions}}; double literal braces)") from None
 
 
 # -------------------------------------------------------------------------------------- images
@@ -158,125 +90,6 @@ def image_tokens(w: int, h: int, detail: str | None) -> int:
     scale = min(1.0, 768 / min(w, h))
     w, h = w * scale, h * scale
     return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
-
-
-# ---------------------------------------------------------------------------------------- cache
-class ResponseCache:
-    """request_id -> the raw replies (JSON), in SQLite (WAL): survives a killed process once put() returns."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        with self._readable():
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS replies (request_id TEXT PRIMARY KEY, reply TEXT NOT NULL, "
-                            "created_at REAL NOT NULL)")
-
-    def get_many(self, ids: list[str]) -> dict[str, dict]:
-        out = {}
-        with self._readable():
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                q = f"SELECT request_id, reply FROM replies WHERE request_id IN ({','.join('?' * len(chunk))})"
-                out.update({rid: json.loads(reply) for rid, reply in self.db.execute(q, chunk)})
-        return out
-
-    @contextlib.contextmanager
-    def _readable(self):
-        """A cache file that is not a database (overwritten, truncated) is a one-line error saying what to do."""
-        try:
-            yield
-        except sqlite3.OperationalError:  # locked, no permission...: not corruption, the message says what
-            raise
-        except sqlite3.DatabaseError as exc:
-            self.db.close()
-            raise InputError(f"{self.path}: the judge's reply cache is damaged ({exc}); move it aside "
-                             f"(mv {self.path} {self.path}.damaged) and run again: the judgments table keeps every "
-                             f"answer already written, nothing else is lost") from None
-
-    def put(self, request_id: str, reply: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?)", (request_id, json.dumps(reply), time.time()))
-
-    def close(self) -> None:
-        self.db.close()
-
-
-# ---------------------------------------------------------------------------------- limiters
-class RateLimiter:
-    """Client-side requests/min and tokens/min (token buckets), so a run stays under the account's limits."""
-
-    def __init__(self, rpm: float | None, tpm: float | None) -> None:
-        self.rpm, self.tpm = rpm, tpm
-        self.req_tokens = rpm or 0.0
-        self.tok_tokens = tpm or 0.0
-        self.t = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def acquire(self, tokens: int) -> None:
-        if not self.rpm and not self.tpm:
-            return
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                dt, self.t = now - self.t, now
-                if self.rpm:
-                    self.req_tokens = min(self.rpm, self.req_tokens + dt * self.rpm / 60)
-                if self.tpm:
-                    self.tok_tokens = min(self.tpm, self.tok_tokens + dt * self.tpm / 60)
-                need_t = min(tokens, self.tpm) if self.tpm else 0
-                if (not self.rpm or self.req_tokens >= 1) and (not self.tpm or self.tok_tokens >= need_t):
-                    if self.rpm:
-                        self.req_tokens -= 1
-                    if self.tpm:
-                        self.tok_tokens -= need_t
-                    return
-                waits = []
-                if self.rpm and self.req_tokens < 1:
-                    waits.append((1 - self.req_tokens) * 60 / self.rpm)
-                if self.tpm and self.tok_tokens < need_t:
-                    waits.append((need_t - self.tok_tokens) * 60 / self.tpm)
-                await asyncio.sleep(max(waits))
-
-
-class Budget:
-    """--max-cost: a request in flight reserves its worst-case cost; its reply settles it with the real cost.
-
-    Only requests in flight hold reservations, so the budget is spent to within one request's worst case: a
-    request that does not fit waits for those in flight to settle, and is refused only when it would not fit
-    with none in flight. From then on every request is refused (the run stops sending cleanly).
-    """
-
-    def __init__(self, limit: float | None) -> None:
-        self.limit = limit
-        self.spent = 0.0
-        self.reserved = 0.0
-        self.in_flight = 0
-        self.exhausted = False
-        self.settled = asyncio.Event()
-
-    async def reserve(self, amount: float) -> bool:
-        if self.limit is None:
-            return True
-        while not self.exhausted and self.spent + self.reserved + amount > self.limit:
-            if self.in_flight == 0:
-                self.exhausted = True
-                break
-            self.settled.clear()
-            await self.settled.wait()
-        if self.exhausted:
-            return False
-        self.reserved += amount
-        self.in_flight += 1
-        return True
-
-    def settle(self, reserved: float, actual: float) -> None:
-        self.spent += actual
-        if self.limit is not None:
-            self.reserved -= reserved
-            self.in_flight -= 1
-            self.settled.set()
 
 
 # ---------------------------------------------------------------------------------------- judge
@@ -386,7 +199,7 @@ class OpenAIJudge:
 
         tasks = [asyncio.ensure_future(one(u)) for u in units]
         try:
-            with _DrainOnInterrupt(tasks, sending, self.cfg.timeout) as drain:
+            with DrainOnInterrupt(tasks, sending, self.cfg.timeout) as drain:
                 await asyncio.wait(tasks)
         finally:
             await client.close()
@@ -460,81 +273,9 @@ class OpenAIJudge:
 
     # -------------------------------------------------------------- batch API path
     def _batch(self, units: list[dict], cache: ResponseCache, emit) -> None:
-        import openai
+        from .openai_batch import run_batch
 
-        client = openai.OpenAI(api_key=self._key, base_url=self.base_url, max_retries=self.cfg.max_retries,
-                               timeout=self.cfg.timeout)
-        state_dir = self.run_dir / "batches"
-        state_dir.mkdir(parents=True, exist_ok=True)
-        pending_ids: set[str] = set()
-        by_id = {u["request_id"]: u for u in units}
-        report = {"collected": 0, "pending": 0, "submitted": 0, "batches": []}
-        # 1. Poll the batches this run submitted earlier; collect the finished ones.
-        for path in sorted(state_dir.glob("*.json")):
-            st = json.loads(path.read_text())
-            if st["state"] != "submitted":
-                continue
-            try:
-                batch = client.batches.retrieve(st["batch_id"])
-            except openai.APIError as exc:
-                raise InputError(f"could not poll batch {st['batch_id']}: "
-                                 f"{self._redact(_describe_api_error(exc))}") from None
-            report["batches"].append({"id": batch.id, "status": batch.status})
-            if batch.status == "completed" and batch.output_file_id:
-                text = client.files.content(batch.output_file_id).text
-                for line in text.splitlines():
-                    if not line.strip():
-                        continue
-                    item = json.loads(line)
-                    rid = item["custom_id"]
-                    body = (item.get("response") or {}).get("body")
-                    if body and (item.get("response") or {}).get("status_code") == 200:
-                        att = _attempt_from_body(body, self, batch=True)
-                        reply = self._cache_put(cache, rid, {"attempts": [att], "model": self.model,
-                                                             "template": self.template.name, "batch_id": batch.id})
-                        if rid in by_id:
-                            emit(by_id[rid], self._row(by_id[rid], reply))
-                            report["collected"] += 1
-                st["state"] = "collected"
-                _write_json(path, st)
-            elif batch.status in ("failed", "expired", "cancelled"):
-                st["state"] = batch.status  # its requests become submittable again
-                _write_json(path, st)
-            else:
-                pending_ids.update(st["request_ids"])
-        # 2. Submit what is neither cached, collected nor waiting in a batch.
-        collected = set(cache.get_many(list(by_id)))
-        todo = [u for u in units if u["request_id"] not in pending_ids and u["request_id"] not in collected]
-        report["pending"] = len([u for u in units if u["request_id"] in pending_ids])
-        requests = {}  # request_id -> messages, for the units whose images decode
-        for u in todo:
-            try:
-                requests[u["request_id"]] = self._messages(u)[0]
-            except _BadImage as exc:
-                emit(u, self._status_row(u, "error", str(exc)))
-        if requests:
-            lines = []
-            for rid, messages in requests.items():
-                body = {"model": self.model, "messages": messages, "temperature": self.cfg.temperature,
-                        "max_tokens": self.cfg.max_tokens}
-                if self.cfg.structured != "off":
-                    body["response_format"] = parsing.response_format(self.task)
-                lines.append(json.dumps({"custom_id": rid, "method": "POST", "url": "/v1/chat/completions",
-                                         "body": body}))
-            data = ("\n".join(lines) + "\n").encode()
-            try:
-                f = client.files.create(file=("autofeedback-batch.jsonl", data), purpose="batch")
-                batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                              completion_window="24h")
-            except openai.APIError as exc:
-                raise InputError(f"could not submit the batch: {self._redact(_describe_api_error(exc))}") from None
-            _write_json(state_dir / f"{batch.id}.json", {
-                "batch_id": batch.id, "input_file_id": f.id, "state": "submitted", "submitted_at": time.time(),
-                "request_ids": list(requests), "model": self.model, "template": self.template.name})
-            report["submitted"] = len(requests)
-            report["batches"].append({"id": batch.id, "status": batch.status})
-        self.waiting = pending_ids | set(requests)
-        self.stats["batch"] = report
+        run_batch(self, units, cache, emit)
 
     # -------------------------------------------------------------- messages, rows
     def _messages(self, unit: dict) -> tuple[list[dict], int]:
@@ -665,44 +406,6 @@ def _attempt_from_body(body: str | dict, judge: OpenAIJudge, batch: bool = False
             "latency_s": None, "response_id": body.get("id")}
 
 
-class _DrainOnInterrupt:
-    """Ctrl-C while requests are in flight: start no new one, wait (at most `timeout` s) for those on the wire,
-    so that their answers, paid for, are cached; a second Ctrl-C abandons them. `interrupted` says if it came."""
-
-    def __init__(self, tasks: list[asyncio.Task], sending: set[asyncio.Task], timeout: float) -> None:
-        self.tasks, self.sending, self.timeout = tasks, sending, timeout
-        self.loop = asyncio.get_running_loop()
-        self.interrupted = False
-        self.installed = False
-
-    def __enter__(self) -> "_DrainOnInterrupt":
-        try:
-            self.loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-            self.installed = True
-        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
-            pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.installed:
-            self.loop.remove_signal_handler(signal.SIGINT)
-
-    def _on_sigint(self) -> None:
-        if self.interrupted:  # the second Ctrl-C
-            self._cancel(self.tasks)
-            return
-        self.interrupted = True
-        self._cancel([t for t in self.tasks if t not in self.sending])
-        print(f"interrupted: waiting for {len(self.sending)} requests in flight (at most {self.timeout:g} s) so "
-              f"that their answers are kept; Ctrl-C again to abandon them", file=sys.stderr, flush=True)
-        self.loop.call_later(self.timeout, self._cancel, self.tasks)
-
-    @staticmethod
-    def _cancel(tasks) -> None:
-        for task in tasks:
-            task.cancel()
-
-
 def _describe_api_error(exc) -> str:
     status = getattr(exc, "status_code", None)
     kind = type(exc).__name__
@@ -726,9 +429,3 @@ def _is_loopback(url: str) -> bool:
 def _sum(values) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) if vals else None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
