@@ -2,7 +2,7 @@
 base64 PNG, no network, a few lines of JavaScript for sortable tables).
 
     format_terminal(metrics) -> str
-    write_html(path, metrics, grids) -> path      metrics as in metrics.json (autofeedback.evaluate)
+    (HTML: report_html.write_html(path, metrics, grids); metrics as in metrics.json, autofeedback.eval)
 
 This module: the terminal text and the rows both outputs show. The HTML is a Jinja2 template
 (autofeedback/templates/report/, package data) rendered by report_html.py; the plots are report_plots.py.
@@ -323,17 +323,3 @@ def ensemble_terminal(ens: dict | None, cal: dict | None, ag: dict | None) -> li
         for name, c in calibration_rows(cal):
             lines.append(f"{name:<{width}}{_fmt(c['ece']):<24}{_fmt(c['brier']):<24}{_fmt(c.get('ece_raw')):<24}")
     return lines
-
-
-# =============================================================================== HTML (report_html.py)
-def render_html(metrics: dict, grids: list[dict] | None = None) -> str:
-    """The self-contained HTML report (autofeedback/templates/report/report.html.j2)."""
-    from .report_html import render_html as render
-
-    return render(metrics, grids)
-
-
-def write_html(path: str | Path, metrics: dict, grids: list[dict] | None = None) -> Path:
-    from .tables import write_atomic
-
-    return write_atomic(path, render_html(metrics, grids))

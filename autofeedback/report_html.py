@@ -88,3 +88,10 @@ def _thumbnail(png: bytes, side: int = 160) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def write_html(path, metrics: dict, grids: list[dict] | None = None):
+    """Write the report page atomically; returns its path."""
+    from .tables import write_atomic
+
+    return write_atomic(path, render_html(metrics, grids))

@@ -424,7 +424,7 @@ def test_report_html_escapes_what_comes_from_the_run(shapes_run):
 
     from PIL import Image
 
-    from autofeedback.report import render_html
+    from autofeedback.report_html import render_html
 
     _, metrics, _ = shapes_run
     evil = '<script>alert("x")</script><img src=x onerror="alert(1)">&amp;\'</p>'

@@ -14,13 +14,7 @@ from .conftest import REPO
 
 PACKAGE = REPO / "autofeedback"
 MAX_LINES = 500
-# being split on another branch
-TOO_LONG_FOR_NOW = {
-    "autofeedback/report.py",
-    "autofeedback/label_server.py",
-    "autofeedback/judges/vlm.py",
-    "autofeedback/judges/checker_server.py",
-}
+TOO_LONG_FOR_NOW: set[str] = set()  # none: every module is under the limit
 
 
 def _modules() -> dict[str, Path]:

@@ -147,10 +147,10 @@ def run(cfg: EvalConfig, echo=None) -> dict:
             grid_path = before_after_grid(run_dir, images, prompts, jt, ba, report_dir / "before_after.png")
         html_path = None
         if cfg.html:
-            from .. import report
+            from .. import report_html
 
             grids = image_grids(run_dir, images, judges, result, ba, cfg)
-            html_path = report.write_html(report_dir / "report.html", merged, grids)
+            html_path = report_html.write_html(report_dir / "report.html", merged, grids)
     step()
     bar.close()
     if echo is not None:

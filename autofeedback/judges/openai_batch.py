@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from . import parsing
-from .vlm import _attempt_from_body, _BadImage, _describe_api_error
+from .replies import BadImage, attempt_from_body, describe_api_error
 
 if TYPE_CHECKING:
     from .reliability import ResponseCache
@@ -42,7 +42,7 @@ def run_batch(judge: OpenAIJudge, units: list[dict], cache: ResponseCache, emit)
             batch = client.batches.retrieve(st["batch_id"])
         except openai.APIError as exc:
             raise InputError(f"could not poll batch {st['batch_id']}: "
-                             f"{judge._redact(_describe_api_error(exc))}") from None
+                             f"{judge._redact(describe_api_error(exc))}") from None
         report["batches"].append({"id": batch.id, "status": batch.status})
         if batch.status == "completed" and batch.output_file_id:
             text = client.files.content(batch.output_file_id).text
@@ -53,7 +53,7 @@ def run_batch(judge: OpenAIJudge, units: list[dict], cache: ResponseCache, emit)
                 rid = item["custom_id"]
                 body = (item.get("response") or {}).get("body")
                 if body and (item.get("response") or {}).get("status_code") == 200:
-                    att = _attempt_from_body(body, judge, batch=True)
+                    att = attempt_from_body(body, judge, batch=True)
                     reply = judge._cache_put(cache, rid, {"attempts": [att], "model": judge.model,
                                                          "template": judge.template.name, "batch_id": batch.id})
                     if rid in by_id:
@@ -74,7 +74,7 @@ def run_batch(judge: OpenAIJudge, units: list[dict], cache: ResponseCache, emit)
     for u in todo:
         try:
             requests[u["request_id"]] = judge._messages(u)[0]
-        except _BadImage as exc:
+        except BadImage as exc:
             emit(u, judge._status_row(u, "error", str(exc)))
     if requests:
         lines = []
@@ -91,7 +91,7 @@ def run_batch(judge: OpenAIJudge, units: list[dict], cache: ResponseCache, emit)
             batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                           completion_window="24h")
         except openai.APIError as exc:
-            raise InputError(f"could not submit the batch: {judge._redact(_describe_api_error(exc))}") from None
+            raise InputError(f"could not submit the batch: {judge._redact(describe_api_error(exc))}") from None
         _write_json(state_dir / f"{batch.id}.json", {
             "batch_id": batch.id, "input_file_id": f.id, "state": "submitted", "submitted_at": time.time(),
             "request_ids": list(requests), "model": judge.model, "template": judge.template.name})

@@ -41,6 +41,8 @@ from typing import Callable
 from ..errors import InputError
 from ..redact import redact, redact_all
 from . import parsing
+from .replies import (APIFailure, BadImage, attempt_from_body, describe_api_error, is_loopback,
+                      mentions_response_format, sum_or_none)
 from .reliability import Budget, DrainOnInterrupt, RateLimiter, ResponseCache
 from .templates import DEFAULT_TEMPLATES, TASK_MODE, Template, builtin_templates  # noqa: F401 (vlm's API, as before)
 
@@ -119,7 +121,7 @@ class OpenAIJudge:
         self.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
         key = os.environ.get(cfg.api_key_env)
         if not key:
-            if self.base_url and _is_loopback(self.base_url):
+            if self.base_url and is_loopback(self.base_url):
                 key = "not-needed-for-a-local-server"
             else:
                 raise InputError(f"set the API key in the environment variable {cfg.api_key_env} "
@@ -173,7 +175,7 @@ class OpenAIJudge:
             # 1. The request; an image that does not decode is an error row, and the run goes on.
             try:
                 messages, est_in = self._messages(unit)
-            except _BadImage as exc:
+            except BadImage as exc:
                 emit(unit, self._status_row(unit, "error", str(exc)))
                 return
             reserve = self._cost(est_in, self.cfg.max_tokens) or 0.0
@@ -190,7 +192,7 @@ class OpenAIJudge:
                     reply = self._cache_put(cache, unit["request_id"], await self._ask(client, unit, messages, state))
                     actual = sum(a.get("cost_usd") or 0.0 for a in reply["attempts"])
                     emit(unit, self._row(unit, reply))
-                except _APIFailure as exc:
+                except APIFailure as exc:
                     emit(unit, self._status_row(unit, "api_error", str(exc), latency=exc.latency))
                 finally:
                     sending.discard(asyncio.current_task())
@@ -261,14 +263,14 @@ class OpenAIJudge:
         try:  # the raw reply: what was paid for is kept even when its body is not a completion
             resp = await client.chat.completions.with_raw_response.create(**kwargs)
         except openai.BadRequestError as exc:
-            if state["structured"] and self.cfg.structured == "auto" and _mentions_response_format(exc):
+            if state["structured"] and self.cfg.structured == "auto" and mentions_response_format(exc):
                 state["structured"] = False  # the server doesn't do structured output: plain text from now on
                 self.stats["structured"] = False
                 return await self._send(client, messages, state)
-            raise _APIFailure(_describe_api_error(exc), time.perf_counter() - t0) from None
+            raise APIFailure(describe_api_error(exc), time.perf_counter() - t0) from None
         except openai.APIError as exc:
-            raise _APIFailure(_describe_api_error(exc), time.perf_counter() - t0) from None
-        return {**_attempt_from_body(resp.text, self, status=resp.status_code),
+            raise APIFailure(describe_api_error(exc), time.perf_counter() - t0) from None
+        return {**attempt_from_body(resp.text, self, status=resp.status_code),
                 "latency_s": round(time.perf_counter() - t0, 4)}
 
     # -------------------------------------------------------------- batch API path
@@ -286,7 +288,7 @@ class OpenAIJudge:
             try:
                 url, w, h = data_url(img, self.cfg.image_max_side, self.cfg.image_format, self.cfg.jpeg_quality)
             except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError...) for bad bytes
-                raise _BadImage(f"image {image_id} does not decode ({type(exc).__name__}: {exc}); not sent") from None
+                raise BadImage(f"image {image_id} does not decode ({type(exc).__name__}: {exc}); not sent") from None
             part = {"type": "image_url", "image_url": {"url": url}}
             if self.cfg.detail:
                 part["image_url"]["detail"] = self.cfg.detail
@@ -320,10 +322,10 @@ class OpenAIJudge:
             "template": self.template.name,
             "raw_response": json.dumps([next((a[k] for k in ("content", "refusal", "body") if a.get(k) is not None),
                                              None) for a in attempts]),
-            "input_tokens": _sum(a.get("input_tokens") for a in attempts),
-            "output_tokens": _sum(a.get("output_tokens") for a in attempts),
-            "cost_usd": _sum(a.get("cost_usd") for a in attempts),
-            "latency_s": _sum(a.get("latency_s") for a in attempts),
+            "input_tokens": sum_or_none(a.get("input_tokens") for a in attempts),
+            "output_tokens": sum_or_none(a.get("output_tokens") for a in attempts),
+            "cost_usd": sum_or_none(a.get("cost_usd") for a in attempts),
+            "latency_s": sum_or_none(a.get("latency_s") for a in attempts),
             "details": json.dumps({**unit.get("details", {}), "attempts": len(attempts),
                                    **({"batch_id": reply["batch_id"]} if reply.get("batch_id") else {})}),
         }
@@ -370,62 +372,3 @@ class OpenAIJudge:
 
             self.caption_scorer = CaptionScorer()
         return self.caption_scorer.similarity(caption, prompt)
-
-
-class _APIFailure(Exception):
-    def __init__(self, message: str, latency: float | None = None) -> None:
-        super().__init__(message)
-        self.latency = latency
-
-
-class _BadImage(Exception):
-    """An image of a request does not decode: an error row naming it, nothing sent."""
-
-
-MAX_BODY_KEPT = 4000  # characters of an unreadable reply kept in the cache and the row
-
-
-def _attempt_from_body(body: str | dict, judge: OpenAIJudge, batch: bool = False, status: int = 200) -> dict:
-    """A reply body (text or parsed JSON) -> an attempt. A body that is not a completion is kept as it came,
-    with `unreadable` saying why: the row is decided from it, offline, on every later run."""
-    text = body if isinstance(body, str) else None
-    try:
-        body = json.loads(body) if isinstance(body, str) else body
-        choice = body["choices"][0]
-        msg = choice.get("message") or {}
-        usage = body.get("usage") or {}
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        why = f"is not JSON ({exc})" if isinstance(exc, ValueError) else "is not a chat completion (no choices)"
-        return {"content": None, "refusal": None, "finish_reason": None, "input_tokens": None, "output_tokens": None,
-                "cost_usd": None, "latency_s": None, "response_id": None,
-                "body": (text if text is not None else json.dumps(body))[:MAX_BODY_KEPT],
-                "unreadable": f"the server's reply (HTTP {status}) {why}"}
-    tin, tout = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return {"content": msg.get("content"), "refusal": msg.get("refusal"), "finish_reason": choice.get("finish_reason"),
-            "input_tokens": tin, "output_tokens": tout, "cost_usd": judge._cost(tin, tout, batch=batch),
-            "latency_s": None, "response_id": body.get("id")}
-
-
-def _describe_api_error(exc) -> str:
-    status = getattr(exc, "status_code", None)
-    kind = type(exc).__name__
-    msg = getattr(exc, "message", None) or str(exc)
-    msg = msg.splitlines()[0][:300] if msg else ""
-    return f"{kind}" + (f" {status}" if status else "") + (f": {msg}" if msg else "")
-
-
-def _mentions_response_format(exc) -> bool:
-    text = str(getattr(exc, "message", "") or exc).lower()
-    return "response_format" in text or "json_schema" in text or "structured" in text
-
-
-def _is_loopback(url: str) -> bool:
-    from urllib.parse import urlparse
-
-    host = urlparse(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-
-
-def _sum(values) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) if vals else None
