@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "out": str(out), "unet_steps": unet_steps, "train_images": len(images), "wrong_captions": wrong,
             "vae_psnr_db": round(psnr, 2), "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+            "command": " ".join(["python -m autofeedback.shapes.recipe", *(argv if argv is not None else sys.argv[1:])]),
         }, indent=2) + "\n")
         log(f"saved {out}")
 
