@@ -61,7 +61,8 @@ class GRPOSettings(BaseModel):
                                                "reward hacking")
     gold_prompts: str | None = Field(None, description="prompts of the gold evaluation (default: --prompts)")
     gold_split: str | None = Field("heldout", description="split of the gold prompts")
-    gold_limit: int | None = Field(None, ge=1, description="only the first N gold prompts")
+    gold_limit: int | None = Field(None, ge=1, description="only N gold prompts, spread evenly over the split's "
+                                                           "(every k-th: a suite's file order groups its concepts)")
     gold_images_per_prompt: int = Field(1, ge=1, description="gold images per prompt and sampler (seeds as "
                                                              "`generate --seed SEED`)")
     gold_every: int = Field(1, ge=1, description="score the gold judge every N epochs (and after the last)")

@@ -107,7 +107,8 @@ class RewardJudges:
     def close(self, timeout: float | None = None) -> None:
         """Stop the workers (after the call in flight: its answers are paid for, so they are written)."""
         for w in self.workers:
-            w.stop(timeout)
+            if w.thread.is_alive():
+                w.stop(timeout)
         self.flush()
 
 
@@ -170,7 +171,7 @@ class _Worker:
         wall seconds (first request to last answer) = the concurrency achieved."""
         wall = (self.t_last - self.t_first) if self.t_first is not None and self.t_last is not None else 0.0
         out = {"fresh": self.fresh, "reused": self.reused, "calls": self.calls, "wall_s": round(wall, 3),
-               "busy_s": round(self.busy, 3), "concurrency": round(self.busy / wall, 2) if wall > 0 else None}
+               "busy_s": round(self.busy, 3), "concurrency": round(self.busy / wall, 2) if wall > 0 and self.busy else None}
         if self.remote:  # this epoch's: requests sent (retries of a parse error included), answers from the cache
             sent, cached = self.backend.stats.get("sent", 0), self.backend.stats.get("cached", 0)
             out.update(bound=self.jcfg.concurrency, sent=sent - self.seen[0], cached=cached - self.seen[1])

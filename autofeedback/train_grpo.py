@@ -72,7 +72,9 @@ def run(cfg: TrainGRPOConfig) -> dict:
     # 1. Check inputs: prompts, gold prompts, the judges (before the model is loaded).
     train_rows, meta, suite = load_prompts(cfg.prompts, cfg.split, cfg.limit)
     gold_rows, gold_meta, gold_suite = ([], {}, {}) if not cfg.gold else load_prompts(
-        cfg.gold_prompts or cfg.prompts, cfg.gold_split, cfg.gold_limit)
+        cfg.gold_prompts or cfg.prompts, cfg.gold_split, None)
+    if cfg.gold_limit and len(gold_rows) > cfg.gold_limit:  # spread evenly: a suite's file order groups concepts
+        gold_rows = [gold_rows[int(i)] for i in np.linspace(0, len(gold_rows) - 1, cfg.gold_limit).round()]
     if cfg.window_start >= cfg.sample_steps:
         raise InputError(f"--window-start {cfg.window_start}: the chain has only {cfg.sample_steps} steps")
     policy_id = tables.content_id("grpo", model_fingerprint(cfg.model),
@@ -124,6 +126,11 @@ def run(cfg: TrainGRPOConfig) -> dict:
                 rec = {"epoch": cfg.epochs, "step": cfg.epochs, **_gold(s, cfg, gold, gold_rows, policy_id, cfg.epochs)}
                 history.append(rec)
                 training.log_step(s, rec, 1, cfg.epochs, _line(rec))
+            rw.close(timeout=cfg.timeout)
+            s.accelerator.wait_for_everyone()
+            if main:  # one shard per sampling batch while training; merged at the end
+                for name in ("images", "judgments"):
+                    tables.compact(tables.table_path(cfg.run_dir, name), name)
     finally:
         if rw is not None:
             rw.close(timeout=cfg.timeout)

@@ -237,3 +237,47 @@ def test_kill_9_mid_epoch_then_rerun_repeats_no_paid_request(tmp_path, tiny_mode
     curves = [json.loads(line) for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert [c[f"rewarded/{CHECKER}"] for c in curves] == [12]  # as many rewarded samples as without the kill
     assert curves[0]["reward_stats"][CHECKER]["cached"] == 7  # the killed run's answers, from the reply cache
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+GRPO_SMALL = ["--set", "train_grpo.epochs=1", "--set", "train_grpo.prompts_per_epoch=2", "--set",
+              "train_grpo.group_size=2", "--set", "train_grpo.sample_steps=2", "--set", "train_grpo.eval_steps=2",
+              "--set", "train_grpo.gold_limit=2", "--set", "generate.limit=3", "--set", "generate.steps=2",
+              "--set", "generate.images_per_prompt=1"]
+
+
+def test_the_grpo_pipeline_yaml_chains_grpo_generate_judge_eval():
+    from autofeedback import run
+
+    _pipe, run_dir, configs = run.load_pipeline(REPO / "pipelines" / "shapes-grpo.yaml")
+    assert [n for n, _ in configs] == ["train_grpo", "generate", "generate", "judge", "eval"]
+    grpo = configs[0][1]
+    assert grpo.reward == {"shapes": 1.0} and grpo.gold == "shapes" and grpo.train_text_encoder
+    assert configs[2][1].model == f"{run_dir}/grpo/pipeline" and configs[4][1].models == ["base", "grpo"]
+
+
+def test_the_grpo_pipeline_small_runs_end_to_end(tmp_path):
+    from .conftest import cli
+
+    p = cli("run", "pipelines/shapes-grpo.yaml", "--run-dir", tmp_path / "r", *GRPO_SMALL)
+    assert p.returncode == 0, p.stderr[-3000:]
+    metrics = json.loads((tmp_path / "r" / "report" / "metrics.json").read_text())
+    ba = metrics["before_after"]
+    assert ba["models"] == ["base", "grpo"] and ba["comparisons"][0]["alignment_diff"]["ci95"]
+
+
+def test_two_processes_deal_the_groups_and_train_one_model(tmp_path, tiny_model):
+    from .test_distributed import _launch, pytestmark
+
+    if pytestmark.args[0]:
+        pytest.skip(pytestmark.kwargs["reason"])
+    run_dir = tmp_path / "run"
+    p = _launch("train", "grpo", str(run_dir), "--model", str(tiny_model), "--prompts", "shapes", "--epochs", "1",
+                "--prompts-per-epoch", "2", "--group-size", "2", "--sample-steps", "2", "--batch-size", "2",
+                "--device", "cpu", "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    images = _rows(run_dir, "images")
+    assert len(images) == 4 and len({r["prompt_id"] for r in images}) == 2
+    assert {f.name.split("-")[2] for f in (run_dir / "images.parquet").glob("part-*.parquet")} == {"r0", "r1"}
+    rec = json.loads((run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["samples"] == 4 and rec["rewarded/shapes"] == 4
