@@ -469,7 +469,8 @@ class LabelConfig(StageConfig):
 # train grpo: its own settings (config_grpo.py), the trainers' shared ones, and the judge stage's transport fields
 from .config_grpo import JUDGE_FIELDS, GRPOSettings  # noqa: E402
 TrainGRPOConfig = create_model("TrainGRPOConfig", __base__=(GRPOSettings, DiffusionTrainConfig), __module__=__name__,
-                               **{f: (JudgeConfig.model_fields[f].annotation, JudgeConfig.model_fields[f]) for f in JUDGE_FIELDS})
+                               **{f: (JudgeConfig.model_fields[f].annotation, JudgeConfig.model_fields[f])
+                                  for f in JUDGE_FIELDS})
 
 
 class Stage(NamedTuple):

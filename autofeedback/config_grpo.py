@@ -68,7 +68,8 @@ class GRPOSettings(BaseModel):
     gold_every: int = Field(1, ge=1, description="score the gold judge every N epochs (and after the last)")
     gold_train_eta: bool = Field(True, description="also score the gold prompts at the training eta (not only eta=0)")
     # the sampler (the policy)
-    epochs: int = Field(20, ge=1, description="epochs: sample a group per prompt, reward, train; a checkpoint after each")
+    epochs: int = Field(20, ge=1, description="epochs: sample a group per prompt, reward, train; a checkpoint after "
+                                              "each")
     prompts_per_epoch: int = Field(16, ge=1, description="prompts per epoch (all processes together), drawn without "
                                                          "replacement per epoch")
     group_size: int = Field(8, ge=2, description="samples per prompt (the group its advantages are normalized in)")

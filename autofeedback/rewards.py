@@ -171,7 +171,8 @@ class _Worker:
         wall seconds (first request to last answer) = the concurrency achieved."""
         wall = (self.t_last - self.t_first) if self.t_first is not None and self.t_last is not None else 0.0
         out = {"fresh": self.fresh, "reused": self.reused, "calls": self.calls, "wall_s": round(wall, 3),
-               "busy_s": round(self.busy, 3), "concurrency": round(self.busy / wall, 2) if wall > 0 and self.busy else None}
+               "busy_s": round(self.busy, 3),
+               "concurrency": round(self.busy / wall, 2) if wall > 0 and self.busy else None}
         if self.remote:  # this epoch's: requests sent (retries of a parse error included), answers from the cache
             sent, cached = self.backend.stats.get("sent", 0), self.backend.stats.get("cached", 0)
             out.update(bound=self.jcfg.concurrency, sent=sent - self.seen[0], cached=cached - self.seen[1])
@@ -227,7 +228,8 @@ class _Worker:
             self.backend.cfg = cfg.model_copy(update={"max_cost": max(cfg.max_cost - self.owner.spent, 1e-12)})
         if cfg.mode == "vqa":
             for u in [u for u in units if not u.get("questions")]:
-                self._emit(u, {"status": "error", "error": "no VQA questions for this prompt (see autofeedback.suites)"})
+                self._emit(u, {"status": "error",
+                               "error": "no VQA questions for this prompt (see autofeedback.suites)"})
             units = [u for u in units if u.get("questions")]
         t0, sent0 = time.monotonic(), self.backend.stats.get("sent", 0) if self.remote else 0
         self.calls += 1

@@ -26,7 +26,7 @@ from .evaluate import write_metrics  # the one metrics.json writer (merges with 
 from .config import STAGES, STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 
-PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip", "images_model", "anchor_model")
+PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip", "images_model", "anchor_model", "gold_prompts")
 # stage name in a pipeline YAML -> module with run(cfg) and format_summary(summary, cfg) (from config.STAGES)
 STAGE_MODULES = {name: STAGES[name].module for name in STEP_CONFIGS}
 

@@ -79,19 +79,20 @@ def run(cfg: TrainGRPOConfig) -> dict:
         raise InputError(f"--window-start {cfg.window_start}: the chain has only {cfg.sample_steps} steps")
     policy_id = tables.content_id("grpo", model_fingerprint(cfg.model),
                                   cfg.model_dump(mode="json", exclude=NOT_IDENTITY))
-    # 2. Load the pipeline (LoRA or full + reference), resume from the latest checkpoint (= epochs done).
-    s = training.setup(cfg, need_reference=True)
-    rank, world = s.accelerator.process_index, s.accelerator.num_processes
-    if cfg.prompts_per_epoch % world:
-        raise InputError(f"--prompts-per-epoch {cfg.prompts_per_epoch} must be a multiple of the {world} processes")
-    unet = s.accelerator.unwrap_model(s.unet)
-    if not hasattr(unet.config, "in_channels"):
-        raise InputError(f"{cfg.model}: train grpo trains a UNet (SD-family pipelines); this one has none")
-    chain = policy.Chain(s.pipe.scheduler, cfg.sample_steps)
-    history = _read_history(s.out_dir, s.step)
-    main = s.accelerator.is_main_process
-    rw, stopped = None, None
+    rw = rewards.RewardJudges(cfg, meta, suite)  # an unknown judge or a missing API key fails here
+    stopped = None
     try:
+        # 2. Load the pipeline (LoRA or full + reference), resume from the latest checkpoint (= epochs done).
+        s = training.setup(cfg, need_reference=True)
+        rank, world = s.accelerator.process_index, s.accelerator.num_processes
+        if cfg.prompts_per_epoch % world:
+            raise InputError(f"--prompts-per-epoch {cfg.prompts_per_epoch} must be a multiple of the {world} processes")
+        if not hasattr(s.accelerator.unwrap_model(s.unet).config, "in_channels"):
+            raise InputError(f"{cfg.model}: train grpo trains a UNet (SD-family pipelines); this one has none")
+        chain = policy.Chain(s.pipe.scheduler, cfg.sample_steps)
+        history = _read_history(s.out_dir, s.step)
+        main = s.accelerator.is_main_process
+        gold = rewards.GoldJudge(cfg, gold_meta, gold_suite) if cfg.gold and main else None
         with tables.run_lock(cfg.run_dir) if main else nullcontext():
             if main:
                 for name in ("images", "judgments"):
@@ -100,11 +101,8 @@ def run(cfg: TrainGRPOConfig) -> dict:
                 tables.append(tables.table_path(cfg.run_dir, "prompts"),
                               [r for r in train_rows if r["prompt_id"] not in known], "prompts")
             s.accelerator.wait_for_everyone()
-            rw = rewards.RewardJudges(cfg, meta, suite)
-            gold = rewards.GoldJudge(cfg, gold_meta, gold_suite) if cfg.gold and main else None
-            bar = progress.bar(cfg.epochs, "train grpo", unit="epoch", enabled=cfg.progress and main,
-                                        initial=min(s.step, cfg.epochs))
-            s.bar = bar
+            s.bar = bar = progress.bar(cfg.epochs, "train grpo", unit="epoch", enabled=cfg.progress and main,
+                                       initial=min(s.step, cfg.epochs))
             # 3. Epochs: gold -> sample (rewards asked meanwhile) -> advantages -> train -> checkpoint.
             while s.step < cfg.epochs:
                 epoch = s.step
@@ -114,7 +112,8 @@ def run(cfg: TrainGRPOConfig) -> dict:
                 rec.update(_epoch(s, cfg, chain, rw, train_rows, policy_id, epoch))
                 if rec.get("stopped"):
                     stopped = rec["stopped"]
-                    s.log(f"epoch {epoch}: {rec['stopped']}; not trained. Run again (with a larger --max-cost) to go on")
+                    s.log(f"epoch {epoch}: {rec['stopped']}; not trained. Run again (with a larger --max-cost) "
+                          f"to go on")
                     break
                 s.step = epoch + 1
                 history = [h for h in history if h["epoch"] != epoch] + [rec]
@@ -132,8 +131,7 @@ def run(cfg: TrainGRPOConfig) -> dict:
                 for name in ("images", "judgments"):
                     tables.compact(tables.table_path(cfg.run_dir, name), name)
     finally:
-        if rw is not None:
-            rw.close(timeout=cfg.timeout)
+        rw.close(timeout=cfg.timeout)
     summary = training.finish(cfg, s, [h for h in history if "loss" in h])
     summary.update(epochs=s.step, curves=history, stopped=stopped)
     if main:
@@ -396,8 +394,9 @@ def format_summary(s: dict, cfg: TrainGRPOConfig | None = None) -> str:
     golds = [h for h in s.get("curves", []) if h.get("gold_aligned") is not None]
     parts = [f"train grpo: {s.get('epochs', s['steps'])} epochs"]
     if curves:
-        parts.append(f"train reward {curves[0]['reward']:.3f} (epoch {curves[0]['epoch']}) -> {curves[-1]['reward']:.3f} "
-                     f"(epoch {curves[-1]['epoch']})")
+        first, last = curves[0], curves[-1]
+        parts.append(f"train reward {first['reward']:.3f} (epoch {first['epoch']}) -> {last['reward']:.3f} "
+                     f"(epoch {last['epoch']})")
     if golds:
         parts.append(f"gold eta=0 aligned {golds[0]['gold_aligned']:.3f} -> {golds[-1]['gold_aligned']:.3f}")
     return ", ".join(parts) + f" -> {s['lora'] or s.get('pipeline') or s['out']}"

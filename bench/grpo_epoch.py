@@ -192,7 +192,8 @@ def sd15_bench(a) -> None:
     print("| variant | sampling (s/sample) | training (s/optimizer step) | peak memory (MiB) |")
     print("|---|---:|---:|---:|")
     for r in results:
-        print(f"| {r['variant']} | {r['sample_s_per_sample']:.3f} | {r['train_s_per_step']:.2f} | {r['peak_mib']:.0f} |")
+        print(f"| {r['variant']} | {r['sample_s_per_sample']:.3f} | {r['train_s_per_step']:.2f} | "
+              f"{r['peak_mib']:.0f} |")
 
 
 def main() -> None:
