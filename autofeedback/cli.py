@@ -58,7 +58,7 @@ def user_errors(fn):
 
 
 train_app = typer.Typer(help="Train on the run's feedback: Diffusion-DPO (dpo), reward-weighted likelihood (rwr), "
-                              "a reward model (reward).",
+                              "a reward model (reward); or online RL with any judge as the reward (grpo).",
                          no_args_is_help=True)
 app.add_typer(train_app, name="train")
 GROUPS = {"train": train_app}
@@ -71,6 +71,7 @@ FLAGS = {
     "pairs": {"judges": ("--judge", "-j"), "modes": ("--mode",)},
     "train_dpo": {"model": ("--model", "-m")},
     "train_rwr": {"model": ("--model", "-m")},
+    "train_grpo": {"model": ("--model", "-m"), "prompts": ("--prompts", "-p")},
     "eval": {"column_map": ("--map",), "judge": ("--judge", "-j"), "ensemble_judges": ("--ensemble-judge",)},
     "import_labels": {"run_dir": ("--run", "--run-dir"), "column_map": ("--map",)},
     "export": {"out": ("--out", "-o"), "sources": ("--source",)},
@@ -238,6 +239,9 @@ stage_command("train_dpo", "Diffusion-DPO on the pipeline's UNet from RUN/prefer
                            "accelerate-ready).", _run_training)
 stage_command("train_rwr", "Lee et al.'s reward-weighted likelihood (+ pre-training regularizer) from the run's "
                            "judgments.", _run_training)
+stage_command("train_grpo", "Online RL (GRPO): groups of samples per prompt, rewarded by any judges (checker, CLIP, "
+                            "reward model, OpenAI-protocol VLM) while sampling; clipped ratio + KL; a held-out gold "
+                            "judge.", _run_training)
 stage_command("train_reward", "A reward model on frozen CLIP embeddings: Lee et al.'s MSE + prompt classification, "
                               "or Bradley-Terry.")
 

@@ -1,7 +1,6 @@
-"""One pydantic model per stage (extra="forbid": a typo in a YAML key is an error, not ignored).
-
-The CLI builds these from flags; `autofeedback run PIPELINE.yaml` builds them from YAML, and
-`--set stage.field=value` overrides a field. Every field has a description: it is the help text.
+"""One pydantic model per stage (extra="forbid": a typo in a YAML key is an error, not ignored). The CLI builds
+these from flags, `autofeedback run PIPELINE.yaml` from YAML (`--set stage.field=value` overrides a field). Every
+field has a description: it is the help text.
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, NamedTuple, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from .errors import InputError
 
@@ -112,15 +111,13 @@ class JudgeConfig(StageConfig):
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality when image_format=jpeg")
 
 
-class TrainConfig(StageConfig):
-    """Settings every diffusion trainer shares."""
-
+class DiffusionTrainConfig(StageConfig):
+    """Settings every diffusion trainer shares (train dpo, rwr, grpo)."""
     run_dir: Path = Field(description="run directory with the training data tables")
     model: str = Field(description="base diffusers pipeline (local folder or Hub id) whose UNet is trained")
     lora_rank: int = Field(8, ge=0, description="LoRA rank; 0 = full fine-tune")
     lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: the rank)")
     lora_targets: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], description="UNet modules given LoRA")
-    steps: int = Field(200, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="examples per step and process")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     lr: float = Field(1e-4, gt=0, description="learning rate (AdamW)")
@@ -129,26 +126,30 @@ class TrainConfig(StageConfig):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision (GPU)")
     device: Literal["auto", "cpu"] = Field("auto", description="auto: what accelerate finds; cpu: force CPU")
     seed: int = Field(0, description="seed (batches, noise, timesteps)")
-    checkpoint_every: int = Field(50, ge=0, description="save a resumable checkpoint every N steps and at the end "
-                                                        "(0 = off)")
     keep_checkpoints: int = Field(2, ge=0, description="keep the last N checkpoints (0 = all)")
     resume: bool = Field(True, description="continue from the latest checkpoint in the output folder")
-    log_every: int = Field(10, ge=1, description="print every N steps")
     progress: bool = Field(True, description="show a progress bar with ETA on stderr (when it is a terminal)")
-    uncond_prob: float = Field(0.0, ge=0, le=1, description="train with the empty prompt this often (keeps the "
-                                                            "unconditional branch classifier-free guidance uses in step)")
-    timestep_min: float = Field(0.0, ge=0, lt=1, description="sample training timesteps from this fraction of the "
-                                                            "schedule upward (e.g. 0.6: only high noise, where layout "
-                                                            "and counts are decided)")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="save an exponential moving average of the trained weights "
                                                          "with this decay (e.g. 0.99; 0 = off, save the last weights)")
     train_text_encoder: bool = Field(False, description="train the text encoder too (full fine-tune only): where a "
                                                         "prompt's words, e.g. its count, become conditioning")
     text_encoder_lr: float | None = Field(None, gt=0, description="learning rate of the text encoder with "
                                                                   "--train-text-encoder (default: --lr)")
-    random_flip: bool = Field(False, description="flip each training image horizontally with probability 0.5 (as "
-                                                 "diffusers' --random_flip; DPO flips a pair's two images together): "
-                                                 "twice the distinct images for a small feedback set")
+
+
+class TrainConfig(DiffusionTrainConfig):
+    """The trainers on a fixed dataset (train dpo, rwr): optimizer steps over the run's tables."""
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    checkpoint_every: int = Field(50, ge=0, description="save a resumable checkpoint every N steps and at the end "
+                                                        "(0 = off)")
+    log_every: int = Field(10, ge=1, description="print every N steps")
+    uncond_prob: float = Field(0.0, ge=0, le=1, description="train with the empty prompt this often (keeps the "
+                                                            "unconditional branch classifier-free guidance uses in step)")
+    timestep_min: float = Field(0.0, ge=0, lt=1, description="sample training timesteps from this fraction of the "
+                                                            "schedule upward (e.g. 0.6: only high noise, where layout "
+                                                            "and counts are decided)")
+    random_flip: bool = Field(False, description="mirror each training image left-right with probability 0.5 "
+                                                 "(diffusers' --random_flip; a DPO pair's two images together)")
     vae_latents: Literal["mode", "sample"] = Field(
         "mode", description="training images -> latents: the VAE posterior's mode (as the shapes model was "
                             "pre-trained; its posterior std is 0.3x the latent std) or a sample (diffusers' scripts)")
@@ -466,6 +467,13 @@ class LabelConfig(StageConfig):
                                                               "of those tasks into human_labels")
 
 
+# train grpo: its own settings (config_grpo.py), the trainers' shared ones, and the judge stage's transport fields
+from .config_grpo import JUDGE_FIELDS, GRPOSettings  # noqa: E402
+TrainGRPOConfig = create_model("TrainGRPOConfig", __base__=(GRPOSettings, DiffusionTrainConfig), __module__=__name__,
+                               **{f: (JudgeConfig.model_fields[f].annotation, JudgeConfig.model_fields[f])
+                                  for f in JUDGE_FIELDS})
+
+
 class Stage(NamedTuple):
     config: type[StageConfig]
     module: str                # has run(cfg) and format_summary(summary, cfg)
@@ -480,6 +488,7 @@ STAGES: dict[str, Stage] = {
     "pairs": Stage(PairsConfig, "autofeedback.pairs", ("pairs",)),
     "train_dpo": Stage(TrainDPOConfig, "autofeedback.train_dpo", ("train", "dpo")),
     "train_rwr": Stage(TrainRWRConfig, "autofeedback.train_rwr", ("train", "rwr")),
+    "train_grpo": Stage(TrainGRPOConfig, "autofeedback.train_grpo", ("train", "grpo")),
     "eval": Stage(EvalConfig, "autofeedback.eval.stage", ("eval",)),
     "embed": Stage(EmbedConfig, "autofeedback.embeddings", ("embed",)),
     "train_reward": Stage(TrainRewardConfig, "autofeedback.reward", ("train", "reward")),

@@ -26,7 +26,7 @@ from .config import STAGES, STEP_CONFIGS, PipelineConfig, build
 from .errors import InputError
 from .eval import write_metrics  # the one metrics.json writer (merges with what eval wrote)
 
-PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip", "images_model", "anchor_model")
+PATH_FIELDS = ("model", "prompts", "lora", "reg_images", "clip", "images_model", "anchor_model", "gold_prompts")
 # stage name in a pipeline YAML -> module with run(cfg) and format_summary(summary, cfg) (from config.STAGES)
 STAGE_MODULES = {name: STAGES[name].module for name in STEP_CONFIGS}
 
@@ -64,21 +64,24 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
         for key in PATH_FIELDS:
             if isinstance(settings.get(key), str):
                 settings[key] = str(_resolve(base, Path(settings[key]), must_exist=True))
-        for key in ("judge", "judges"):  # clip:PATH / reward:PATH judges: relative to base_dir unless they
-            value = settings.get(key)      # exist from here (the judge's name, in the tables, stays as written then)
+        for key in ("judge", "judges", "reward", "gold"):  # clip:PATH / reward:PATH judges: relative to base_dir
+            value = settings.get(key)  # unless they exist from here (the judge's name, in the tables, stays as written)
             if isinstance(value, str):
                 settings[key] = _resolve_judge(base, value)
             elif isinstance(value, list):
                 settings[key] = [_resolve_judge(base, v) if isinstance(v, str) else v for v in value]
+            elif isinstance(value, dict):  # train grpo's {JUDGE: WEIGHT}
+                settings[key] = {_resolve_judge(base, str(k)): v for k, v in value.items()}
         settings["run_dir"] = final_run_dir
         configs.append((name, build(STEP_CONFIGS[name], f"{path}: steps[{i}] ({name})", **settings)))
     return pipe, final_run_dir, configs
 
 
 def _resolve_judge(base: Path, judge: str) -> str:
-    kind, sep, arg = judge.partition(":")
+    spec, eq, weight = judge.rpartition("=") if "=" in judge else (judge, "", "")  # train grpo's JUDGE=WEIGHT
+    kind, sep, arg = spec.partition(":")
     if sep and kind in ("clip", "reward") and not Path(arg).exists() and (base / arg).exists():
-        return f"{kind}:{base / arg}"
+        return f"{kind}:{base / arg}{eq}{weight}"
     return judge
 
 

@@ -258,7 +258,7 @@ def setup(cfg, need_reference: bool) -> Setup:
         accelerator.register_for_checkpointing(ema)
     out_dir = Path(cfg.run_dir) / cfg.out
     s = Setup(accelerator, pipe, unet, ref_unet, opt, params, watch,
-              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0, ema, cfg.vae_latents,
+              DDPMScheduler.from_config(pipe.scheduler.config), out_dir, 0, ema, getattr(cfg, "vae_latents", "mode"),
               te, cfg.train_text_encoder, ref_te)
     ckpt = latest_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:

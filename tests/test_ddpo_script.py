@@ -1,13 +1,8 @@
-"""scripts/ddpo_experiment.py's DDIM step (#18 defect b): its eta=0 step is generate's sampler, its eta=1 step
-has the scheduler's variance. The script samples its policy with the eta=1 step and reports each epoch's
-reward with the eta=0 step too, from the same starting noise."""
+"""scripts/ddpo_experiment.py is a thin wrapper of `train grpo` with DDPO's settings (its DDIM step, once the
+script's own, is autofeedback.policy's: tests/test_train_grpo.py checks it against the scheduler)."""
 
 import importlib.util
 from pathlib import Path
-
-import torch
-
-from autofeedback.shapes import recipe
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ddpo_experiment.py"
 
@@ -19,19 +14,10 @@ def _script():
     return mod
 
 
-def test_ddim_step_matches_the_scheduler_at_eta_0_and_its_variance_at_eta_1():
-    mod = _script()
-    sched = recipe.make_scheduler()
-    sched.set_timesteps(20)
-    torch.manual_seed(0)
-    x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    for t in sched.timesteps[[0, 7, 19]]:
-        mean, std = mod.ddim_step_stats(sched, v, int(t), x, 0.0, 20)
-        assert float(std) == 0.0
-        expected = sched.step(v, t, x, eta=0.0).prev_sample
-        torch.testing.assert_close(mean, expected, atol=1e-5, rtol=1e-5)
-        _, std1 = mod.ddim_step_stats(sched, v, int(t), x, 1.0, 20)
-        prev = int(t) - 1000 // 20
-        var = sched._get_variance(int(t), prev)  # diffusers' sigma_t^2 at eta=1
-        torch.testing.assert_close(std1 ** 2, var, atol=1e-6, rtol=1e-5)
-
+def test_the_script_maps_its_flags_onto_train_grpo_with_ddpos_settings():
+    cfg = _script().config(["/m", "/out", "--epochs", "3", "--clip", "1e-4", "--minibatch", "32", "--lora-rank", "8",
+                            "--samples-per-prompt", "4", "--timestep-fraction", "0.25"])
+    assert (cfg.model, str(cfg.run_dir), cfg.epochs, cfg.clip_range, cfg.batch_size, cfg.lora_rank) == (
+        "/m", "/out", 3, 1e-4, 32, 8)
+    assert (cfg.group_size, cfg.train_fraction, cfg.eta, cfg.kl_weight) == (4, 0.25, 1.0, 0.0)
+    assert cfg.reward == {"shapes": 1.0} and cfg.reward_value == "label" and cfg.split == "train"
