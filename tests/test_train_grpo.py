@@ -249,7 +249,10 @@ def test_kill_9_mid_epoch_then_rerun_repeats_no_paid_request(tmp_path, tiny_mode
     assert {r["image_ids"][0] for r in judg} == {r["image_id"] for r in images}
     curves = [json.loads(line) for line in (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert [c[f"rewarded/{CHECKER}"] for c in curves] == [12]  # as many rewarded samples as without the kill
-    assert curves[0]["reward_stats"][CHECKER]["cached"] == 7  # the killed run's answers, from the reply cache
+    stats = curves[0]["reward_stats"][CHECKER]
+    # the killed run's 7 answers come back free: as judgment rows it wrote before the kill, or from the reply cache
+    # (how many reached the table first depends on when the kill landed)
+    assert stats["cached"] + stats["reused"] == 7 and stats["fresh"] == 12 - stats["reused"]
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
