@@ -51,6 +51,10 @@ ANNOTATOR_RE = re.compile(r"^[\w.@+ -]{1,64}$")
 MAX_BODY = 64 * 1024
 READ_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed (slow clients can't pile up)
 # the page's static files (autofeedback/templates/label/, package data), served at /static/NAME
+# The page runs only its own static script and style (no inline script, no other origin); a hostile string that
+# reached the HTML anyway could not run. Images are same-origin (/img/ID).
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 STATIC = {"label.css": "text/css; charset=utf-8", "label.js": "text/javascript; charset=utf-8"}
 
 
@@ -97,6 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", CSP)
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()

@@ -221,6 +221,10 @@ def test_page_static_files_are_served_from_the_package(run_dir):
                 assert r.headers["Content-Type"] == f"{ctype}; charset=utf-8"
                 assert r.headers["X-Content-Type-Options"] == "nosniff"
                 assert needle in r.read().decode()
+        with urllib.request.urlopen(s.url, timeout=10) as r:  # the page may run its own static files only
+            csp = dict(d.strip().split(" ", 1) for d in r.headers["Content-Security-Policy"].split(";"))
+            assert csp["script-src"] == csp["style-src"] == csp["img-src"] == "'self'"
+            assert csp["default-src"] == "'none'" and "unsafe-inline" not in r.headers["Content-Security-Policy"]
         for path in ("/static/index.html.j2", "/static/../label_server.py", "/static/", "/static/label.css/x"):
             assert call(s.url, "GET", path)[0] == 404, path  # the two files only, never another
 
