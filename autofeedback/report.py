@@ -245,6 +245,8 @@ def format_terminal(metrics: dict) -> str:
             lines.append(f"  {lab.get(c['b'], c['b'])} vs {lab.get(c['a'], c['a'])}: alignment {diff}, "
                          f"win rate {_fmt(wr, True)} "
                          f"({wr['wins']} wins, {wr['ties']} ties, {wr['losses']} losses)")
+    if metrics.get("before_after_skipped"):
+        lines += ["", f"no before/after: {metrics['before_after_skipped']}"]
     if not lines:
         lines.append("nothing to report: no human labels and no before/after comparison")
     return "\n".join(line.rstrip() for line in lines)

@@ -275,7 +275,17 @@ def test_before_after_by_hand():
     assert rev["comparisons"][0]["alignment_diff"]["value"] == pytest.approx(-1 / 3)
     with pytest.raises(InputError, match="model"):
         before_after(images, judgments, models=["A", "C"])
-    assert before_after(images[images["model"] == "A"], judgments) is None
+    why = []
+    assert before_after(images[images["model"] == "A"], judgments, why=why) is None
+    assert "one model" in why[0] and "(A)" in why[0]
+    # two models judged on disjoint prompts (base on train, tuned on held-out): the reason, with each model's count
+    why = []
+    apart = images.assign(prompt_id=[f"{p}-{m}" for p, m in zip(images["prompt_id"], images["model"])])
+    assert before_after(apart, judgments, why=why) is None
+    assert "no prompt was judged by 'shapes' for every model (A: 2 prompts, B: 3 prompts)" in why[0]
+    assert "--split" in why[0]
+    from autofeedback.report import format_terminal
+    assert f"no before/after: {why[0]}" in format_terminal({"before_after": None, "before_after_skipped": why[0]})
     # one model named is a mistake (e.g. --models given twice, the last one winning), not "nothing to report"
     with pytest.raises(ValueError, match="at least 2"):
         EvalConfig(run_dir="r", models=["A"])

@@ -29,7 +29,8 @@ def to_pandas(t):
 
 
 def before_after(images, judgments, prompts=None, judge: str | None = None, models: list[str] | None = None,
-                 split: str | None = None, n_boot: int = 2000, seed: int = 0) -> dict | None:
+                 split: str | None = None, n_boot: int = 2000, seed: int = 0, why: list[str] | None = None
+                 ) -> dict | None:
     """Alignment of two (or more) models on the same prompts, from pointwise judgments.
 
     images: image_id, prompt_id, model (created_at orders the models when `models` is not given:
@@ -38,7 +39,7 @@ def before_after(images, judgments, prompts=None, judge: str | None = None, mode
     prompts: prompt_id, split (only needed with `split`).
 
     Only ok pointwise rows count; only prompts judged for every model count. Returns None when there
-    are fewer than two models. Returns
+    are fewer than two models or no prompt judged for all of them (then the reason is appended to `why`). Returns
       {judge, models, baseline, split, n_prompts, n_prompts_dropped,
        per_model: {model: {n_images, alignment, concepts {concept: metric}, mean_score}},
        comparisons: [{a, b, n_prompts, alignment_diff, concept_diffs {concept: metric}, score_diff,
@@ -85,12 +86,21 @@ def before_after(images, judgments, prompts=None, judge: str | None = None, mode
         else:
             order = sorted(present)
     if len(order) < 2:
+        if why is not None and order:
+            why.append(f"one model judged by {judge!r}" + (f" on split {split!r}" if split else "")
+                       + f" ({order[0]}): a before/after needs two models' images of the same prompts")
         return None
     j = j[j["model"].isin(order)]
     per_prompt_models = j.groupby("prompt_id")["model"].nunique()
     shared = sorted(per_prompt_models[per_prompt_models == len(order)].index)
     n_all = int(j["prompt_id"].nunique())
     if not shared:
+        if why is not None:
+            counts = j.groupby("model")["prompt_id"].nunique()
+            why.append(f"no prompt was judged by {judge!r} for every model ("
+                       + ", ".join(f"{m}: {int(counts.get(m, 0))} prompts" for m in order)
+                       + "): generate every model on the same prompts, or compare within a split (--split heldout)"
+                       + " or fewer models (--models)")
         return None
     pidx = {p: i for i, p in enumerate(shared)}
     j = j[j["prompt_id"].isin(pidx)]

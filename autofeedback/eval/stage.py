@@ -21,7 +21,7 @@ from .ensembles import evaluate_ensembles, judge_costs
 from .ratings import (check_map_used, maps_target, merge_sources, normalize, parse_map, read_ratings,
                       read_run_judgments, read_run_table)
 
-OWN_KEYS = ("agreement", "judge_health", "before_after", "eval", "ensembles", "calibration")
+OWN_KEYS = ("agreement", "judge_health", "before_after", "before_after_skipped", "eval", "ensembles", "calibration")
 EVAL_STEPS = ("inputs", "read tables", "read ratings", "judge health", "agreement", "ensembles", "before/after",
               "report")
 
@@ -120,17 +120,18 @@ def run(cfg: EvalConfig, echo=None) -> dict:
 
     # 6. Model before/after on the run's own pointwise judgments.
     step()
-    ba = None
+    ba, why = None, []
     if has_run_judgments and images is not None:
         jt = tables.read(run_judgments, "judgments", columns=["judge", "mode", "prompt_id", "image_ids", "label",
                                                              "score", "answers", "status"])
         ba = before_after(images, jt, prompts, judge=cfg.judge, models=cfg.models, split=cfg.split,
-                          n_boot=cfg.bootstrap, seed=cfg.seed)
+                          n_boot=cfg.bootstrap, seed=cfg.seed, why=why)
 
     # 7. Write metrics.json (merged, atomic) and the HTML report.
     step()
     metrics = {
         "agreement": agreement, "judge_health": health, "before_after": ba,
+        "before_after_skipped": why[0] if why else None,
         "ensembles": ensembles, "calibration": calibration,
         "eval": {"created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "run_dir": str(run_dir),
