@@ -132,3 +132,19 @@ def test_pretraining_set_with_caption_noise_is_a_valid_run_with_train_prompts_on
     assert all(parse_prompt(a["prompt"]).color != parse_prompt(b["prompt"]).color for a, b in wrong)
     # a relabelled render is a different row: its ID differs from the clean one's (the same ID otherwise)
     assert all((a["image_id"] == b["image_id"]) == (a["prompt"] == b["prompt"]) for a, b in zip(clean, noisy))
+
+
+def test_pretraining_set_of_all_prompts_matches_a_base_pretrained_on_all(tmp_path):
+    """split="all" renders every prompt (shapes-countnoise-all's pre-training data); wrong captions may then
+    name any prompt, held-out ones included, as in the recipe's --pretrain-split all."""
+    from autofeedback import tables
+    from autofeedback.shapes.demo import make_pretraining_set
+    from autofeedback.shapes.suite import suite_records
+
+    run = make_pretraining_set(tmp_path / "all", per_prompt=2, split="all", caption_noise=0.4)
+    rows = tables.read(run / "images.parquet", "images").to_pylist()
+    assert len(rows) == 2 * len(suite_records())
+    splits = {r["prompt_id"]: r["split"] for r in tables.read(run / "prompts.parquet", "prompts").to_pylist()}
+    seen = {splits[r["prompt_id"]] for r in rows}
+    assert seen == {"train", "heldout"}
+    assert set(splits) == {r["prompt_id"] for r in rows}  # every caption's prompt is in the prompts table

@@ -44,10 +44,12 @@ def make_rendered_run(run_dir: Path, n_prompts: int = 8, per_prompt: int = 3, se
 
 def make_pretraining_set(run_dir: Path, per_prompt: int = 4, split: str = "train", seed: int = 1,
                          caption_noise: float = 0.0, noisy_fields: tuple[str, ...] = ("count",)) -> Path:
-    """The tiny model's pre-training data, as an images table: renders of the `split` prompts.
+    """The tiny model's pre-training data, as an images table: renders of the `split` prompts ("all": every
+    prompt, as in the recipe's --pretrain-split all).
 
     Lee et al. regularize reward-weighted fine-tuning with the pre-training data; for the shapes model that
-    is rendered train-split scenes (never held-out ones). Use it as `train rwr --reg-images RUN/images.parquet`.
+    is rendered scenes of the split it was pre-trained on (shapes-tiny: train only; shapes-countnoise-all: all).
+    Use it as `train rwr --reg-images RUN/images.parquet`.
     caption_noise: that share of captions is wrong in one of noisy_fields, as in the recipe of a model
     trained on web-like labels (so its regularizer is its own kind of pre-training data, not clean labels).
     """
@@ -56,9 +58,10 @@ def make_pretraining_set(run_dir: Path, per_prompt: int = 4, split: str = "train
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng([seed, 1])
     by_prompt = {r["prompt"]: r for r in suite_records()}
+    splits = ("train", "heldout") if split == "all" else (split,)
     prompt_rows, image_rows = {}, []
     for rec in suite_records():
-        if rec["split"] != split:
+        if split != "all" and rec["split"] != split:
             continue
         scene = Scene(**rec["metadata"])
         for k in range(per_prompt):
@@ -66,7 +69,7 @@ def make_pretraining_set(run_dir: Path, per_prompt: int = 4, split: str = "train
             render(scene, seed=int(rng.integers(2**31))).save(buf, format="PNG")
             caption = rec
             if caption_noise and noise_rng.random() < caption_noise:
-                caption = by_prompt[mislabel(scene, noisy_fields, noise_rng).prompt]
+                caption = by_prompt[mislabel(scene, noisy_fields, noise_rng, splits).prompt]
             pid = tables.prompt_id(caption["suite"], caption["prompt"])
             prompt_rows[pid] = {"prompt_id": pid, **caption, "metadata": json.dumps(caption["metadata"])}
             iid = tables.content_id("pretraining-render", rec["prompt"], caption["prompt"], k, seed)
