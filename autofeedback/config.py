@@ -171,8 +171,8 @@ class TrainDPOConfig(TrainConfig):
 class TrainRWRConfig(TrainConfig):
     out: str = Field("rwr", description="output folder inside the run directory")
     judge: str | None = Field(None, description="use this judge's pointwise judgments (default: all; mean per image)")
-    reward: Literal["label", "score"] = Field("label", description="reward: the judge's label (1/0) or its score "
-                                                                   "rescaled to [0, 1]")
+    reward: Literal["label", "score", "none"] = Field("label", description="the judge's label (1/0), its score in "
+                                                  "[0, 1], or none: every judged sample at 1 (no-feedback control)")
     reg_weight: float = Field(1.0, ge=0, description="weight of the pre-training regularizer (Lee et al.'s beta)")
     reg_images: Path | None = Field(None, description="images table for the regularizer (default: the run's own "
                                                       "images, unweighted)")

@@ -8,6 +8,8 @@ Writes:  RUN/<out>/lora/ (or pipeline/), checkpoints/, metrics.jsonl, train.json
          + anchor_weight * mean_j ||model(...) - reference(...)||^2   (KL to the reference, same set)
 
 r is the judge's label (1 aligned, 0 not) or its score rescaled to [0, 1] (several judges: the mean).
+--reward none sets r = 1 for every judged sample: the no-feedback control of a run (the same samples, steps and
+batches; only the judge's verdict is ignored), so a gain can be credited to the judge rather than to fine-tuning.
 With --min-reward M only samples with r >= M are kept (rejection sampling: --reward label --min-reward 1
 fine-tunes on the aligned samples, each weighing 1; the main job's recipe).
 With --temperature T the weights are instead a softmax of r / T over each prompt's judged images,
@@ -46,7 +48,10 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
     if not rows:
         raise InputError(f"{jpath}: no pointwise judgments with status ok" + (f" by {cfg.judge!r}" if cfg.judge else ""))
     by_image: dict[str, list[float]] = defaultdict(list)
-    if cfg.reward == "label":
+    if cfg.reward == "none":  # the control: the same samples and steps, the judge's verdict ignored
+        for r in rows:
+            by_image[r["image_ids"][0]].append(1.0)
+    elif cfg.reward == "label":
         rows = [r for r in rows if r["label"] is not None]
         if not rows:
             raise InputError(f"{jpath}: the judgments have no labels; use --reward score")

@@ -116,6 +116,9 @@ def test_rwr_smoke_weights_by_reward_and_regularizes(tmp_path, tiny_model):
     assert all(m["reg"] > 0 for m in metrics)
     scored = train_rwr.load_rewards(TrainRWRConfig(run_dir=run_dir, model=str(tiny_model), reward="score"))
     assert min(r["reward"] for r in scored) == 0.0 and max(r["reward"] for r in scored) == 1.0
+    # the no-feedback control: the same 12 samples, each at 1, whatever the judge said (so min_reward keeps them all)
+    none = train_rwr.load_rewards(TrainRWRConfig(run_dir=run_dir, model=str(tiny_model), reward="none", min_reward=1))
+    assert [r["image_id"] for r in none] == [r["image_id"] for r in rewards] and {r["reward"] for r in none} == {1.0}
 
 
 def test_ema_weights_are_saved_and_resume_with_the_checkpoint(pref_run, tiny_model):
