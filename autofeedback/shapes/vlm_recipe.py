@@ -1,0 +1,338 @@
+"""Recipe for shapes-VLM, the tiny vision-language judge shipped in data/models/shapes-vlm.
+
+A standard transformers LLaVA (shapes/vlm_model.py: shapes-CLIP's vision tower + MLP projector + a 3-layer Llama,
+byte-level BPE tokenizer, a chat template) trained as a chat model on exactly the requests the OpenAI judge sends
+(judges/vlm.py with the built-in templates: pointwise yes/no, 1-10 score, pairwise A/B, listwise, caption, vqa),
+answering in the JSON the judge parses. The answers are the exact checker's (judges/checker_model.py, the same
+function the checker server answers with), so the checker is the teacher and the VLM imitates it imperfectly.
+
+Training images, all for *train-split* prompts only (held-out prompts are the evaluation):
+- renders of the prompt's scene (clean, or degraded like a small model's samples: blur, noise, color shift),
+- renders of a scene one concept away (misaligned), restricted to train-split scenes,
+- the tiny text-to-image model's own samples (data/models/shapes-countnoise-all through the generate stage).
+Each step is one task's batch; only the answer tokens are in the loss.
+
+    python -m autofeedback.shapes.vlm_recipe --out data/models/shapes-vlm         # ~15-20 min, 1-2 CPU cores
+    python -m autofeedback.shapes.vlm_recipe --out /tmp/v --steps 20 --t2i-per-prompt 0 --per-prompt 2   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..judges import checker_model, parsing
+from ..judges.templates import Template
+from ..shapes import checker
+from . import vlm_model as vm
+from .suite import split_of, suite_records
+from .world import COUNTS, PALETTE, SHAPES, Scene, degrade, render
+
+TASKS = {  # task -> (template, weight, images per request)
+    "pointwise_binary": ("pointwise_binary.v1", 0.30, 1),
+    "pairwise": ("pairwise.v1", 0.24, 2),
+    "pointwise_score": ("pointwise_score.v1", 0.12, 1),
+    "vqa": ("vqa.v1", 0.12, 1),
+    "caption": ("caption.v1", 0.11, 1),
+    "listwise": ("listwise.v1", 0.11, 4),
+}
+MODE = {"pointwise_binary": "pointwise", "pointwise_score": "pointwise", "pairwise": "pairwise",
+        "listwise": "listwise", "caption": "caption", "vqa": "vqa"}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def neighbours(scene: Scene) -> list[Scene]:
+    """Train-split scenes one concept away from `scene`."""
+    out = []
+    for field, values in (("count", COUNTS), ("color", list(PALETTE)), ("shape", SHAPES),
+                          ("background", list(PALETTE))):
+        for v in values:
+            if v == getattr(scene, field):
+                continue
+            try:
+                other = Scene(**{**scene.metadata(), field: v})
+            except ValueError:
+                continue
+            if split_of(other) == "train":
+                out.append(other)
+    return out
+
+
+def t2i_samples(model: str, work: Path, per_prompt: int, seed: int, log) -> dict[str, list]:
+    """The tiny T2I model's samples of the train prompts (the generate stage; resumable in `work`)."""
+    from .. import generate, tables
+    from ..config import GenerateConfig
+    from ..images import decode_image
+
+    if per_prompt <= 0:
+        return {}
+    cfg = GenerateConfig(run_dir=work, model=model, prompts="shapes", split="train", images_per_prompt=per_prompt,
+                         guidance=1.5, seed=seed, progress=False)
+    summary = generate.run(cfg)
+    log(f"t2i samples: {summary}")
+    table = tables.read(tables.table_path(work, "images"), "images", columns=["prompt", "image"]).to_pylist()
+    out: dict[str, list] = {}
+    for row in table:
+        out.setdefault(row["prompt"], []).append(_pil(decode_image(row["image"]["bytes"])))
+    return out
+
+
+def _pil(arr):
+    from PIL import Image
+
+    return arr if isinstance(arr, Image.Image) else Image.fromarray(np.asarray(arr)).convert("RGB")
+
+
+def image_pool(records: list[dict], per_prompt: int, degraded: float, wrong: int, samples: dict, seed: int) -> dict:
+    """prompt -> list of (image, checker verdict); every image judged by the exact checker."""
+    rng = np.random.default_rng(seed)
+    pool = {}
+    for rec in records:
+        scene = Scene(**rec["metadata"])
+        imgs = []
+        for _ in range(per_prompt):
+            img = render(scene, int(rng.integers(2**31)))
+            imgs.append(degrade(img, rng) if rng.random() < degraded else img)
+        near = neighbours(scene)
+        for k in rng.choice(len(near), size=min(wrong, len(near)), replace=False):
+            img = render(near[int(k)], int(rng.integers(2**31)))
+            imgs.append(degrade(img, rng) if rng.random() < degraded else img)
+        imgs += samples.get(rec["prompt"], [])
+        pool[rec["prompt"]] = [(img, checker.check(np.asarray(img), scene)) for img in imgs]
+    return pool
+
+
+def _url(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def request(task: str, rec: dict, images: list) -> dict:
+    """The OpenAI chat request the judge sends for this task (judges/vlm.py _messages, built-in template)."""
+    from ..judge import vqa_questions
+
+    tpl = Template.load(TASKS[task][0], MODE[task])
+    unit = {"prompt": rec["prompt"], "images": images}
+    if task == "vqa":
+        unit["questions"] = vqa_questions(rec["prompt"], rec["metadata"], "shapes")
+    content = [{"type": "text", "text": tpl.render(unit)}] + [
+        {"type": "image_url", "image_url": {"url": _url(img)}} for img in images]
+    msgs = ([{"role": "system", "content": tpl.system}] if tpl.system else []) + [{"role": "user", "content": content}]
+    return {"model": "shapes-vlm", "messages": msgs, "response_format": parsing.response_format(task)}
+
+
+class _NoBias:
+    position_bias = 0.0
+    rng = None
+
+
+def pick(task: str, pool: list, rng: np.random.Generator) -> list:
+    """Images of one prompt for a task: pointwise balanced between checker-aligned and not; pairs mostly differ."""
+    n = TASKS[task][2]
+    if task in ("pointwise_binary", "pointwise_score", "vqa", "caption"):
+        good = [p for p in pool if p[1].aligned]
+        bad = [p for p in pool if not p[1].aligned]
+        side = good if (good and (not bad or rng.random() < 0.5)) else bad
+        return [side[int(rng.integers(len(side)))][0]]
+    idx = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+    if task == "pairwise" and rng.random() < 0.7:  # mostly pairs the checker can tell apart
+        a = int(idx[0])
+        others = [i for i in range(len(pool)) if pool[i][1].score != pool[a][1].score]
+        if others:
+            idx = [a, others[int(rng.integers(len(others)))]]
+            if rng.random() < 0.5:
+                idx = idx[::-1]
+    return [pool[int(i)][0] for i in idx]
+
+
+def example(task: str, rec: dict, images: list) -> tuple[list[dict], list, str]:
+    """(chat messages, images, the checker's answer text) for one training example."""
+    req = request(task, rec, images)
+    answer = checker_model.answer(req, None, _NoBias())["choices"][0]["message"]["content"]
+    msgs, imgs = vm.chat_messages(req["messages"])
+    return msgs, imgs, answer
+
+
+def encode(processor, batch: list[tuple[list[dict], list, str]]):
+    """Right-padded input_ids / labels (answer tokens only) / pixel_values for one training batch."""
+    import torch
+
+    tok = processor.tokenizer
+    seqs, labels, pixels = [], [], []
+    for msgs, imgs, answer in batch:
+        prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        enc = processor(text=[prompt], images=imgs, return_tensors="pt")
+        ans = tok(answer + vm.END, add_special_tokens=False).input_ids
+        ids = enc.input_ids[0].tolist()
+        seqs.append(ids + ans)
+        labels.append([-100] * len(ids) + ans)
+        pixels.append(enc.pixel_values)
+    width = max(map(len, seqs))
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
+    return {"input_ids": input_ids, "attention_mask": attn, "labels": lab, "pixel_values": torch.cat(pixels)}
+
+
+def corpus(records: list[dict], rng: np.random.Generator) -> list[str]:
+    """Texts for the tokenizer: every task's request text and checker answers on a few renders."""
+    texts = []
+    for rec in records[::3]:
+        scene = Scene(**rec["metadata"])
+        imgs = [render(scene, int(rng.integers(2**31))) for _ in range(4)]
+        for task in TASKS:
+            req = request(task, rec, imgs[:TASKS[task][2]])
+            texts += [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"]
+                      for m in req["messages"]]
+            texts.append(checker_model.answer(req, None, _NoBias())["choices"][0]["message"]["content"])
+    return texts
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(model, processor, records, pool, steps: int, batch: int, lr: float, seed: int, log) -> None:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    tasks, weights = list(TASKS), np.array([TASKS[t][1] for t in TASKS])
+    vision = list(model.model.vision_tower.parameters())
+    vision_ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in vision_ids]
+    opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": vision, "lr": lr * 0.3}], weight_decay=0.01)
+    warmup = max(1, min(50, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
+    model.train()
+    t0, losses = time.time(), []
+    for step in range(steps):
+        task = tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))]
+        items = []
+        for _ in range(batch):
+            rec = records[int(rng.integers(len(records)))]
+            items.append(example(task, rec, pick(task, pool[rec["prompt"]], rng)))
+        out = model(**encode(processor, items))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vlm step {step}/{steps} {task:16s} loss {np.mean(losses[-50:]):.4f} ({time.time() - t0:.0f}s)")
+    model.eval()
+
+
+def generate_answers(model, processor, batch: list[tuple[list[dict], list]], max_new_tokens: int = 120) -> list[str]:
+    """Greedy answers for chat messages + images (left-padded batch)."""
+    import torch
+
+    texts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in batch]
+    imgs = [img for _, ims in batch for img in ims]
+    enc = processor(text=texts, images=imgs, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def quick_eval(model, processor, records: list[dict], seed: int, n: int = 96) -> dict:
+    """Pointwise yes/no agreement with the checker on fresh renders (half one concept off) of `records`."""
+    rng = np.random.default_rng(seed)
+    agree, parsed = 0, 0
+    items, truth = [], []
+    for i in range(n):
+        rec = records[int(rng.integers(len(records)))]
+        scene = Scene(**rec["metadata"])
+        if i % 2:
+            near = [s for s in neighbours(scene)] or [scene]
+            scene = near[int(rng.integers(len(near)))]
+        img = render(scene, int(rng.integers(2**31)))
+        img = degrade(img, rng) if rng.random() < 0.5 else img
+        msgs, imgs, answer = example("pointwise_binary", rec, [img])
+        items.append((msgs, imgs))
+        truth.append(json.loads(answer)["aligned"])
+    answers = []
+    for i in range(0, len(items), 16):
+        answers += generate_answers(model, processor, items[i:i + 16])
+    for a, t in zip(answers, truth):
+        try:
+            got = parsing.parse("pointwise_binary", a).aligned
+        except parsing.ParseError:
+            continue
+        parsed += 1
+        agree += got == t
+    return {"n": n, "parsed": parsed, "agreement": round(agree / n, 4)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--clip", default="data/models/shapes-clip", help="shapes-CLIP folder (the vision tower)")
+    ap.add_argument("--t2i-model", default="data/models/shapes-countnoise-all", help="the tiny T2I model")
+    ap.add_argument("--t2i-per-prompt", type=int, default=2, help="its samples per train prompt (0: none)")
+    ap.add_argument("--work", type=Path, default=Path("runs/shapes-vlm-recipe"), help="where its samples are kept")
+    ap.add_argument("--per-prompt", type=int, default=6, help="renders of each train prompt's scene")
+    ap.add_argument("--wrong", type=int, default=4, help="renders of scenes one concept away, per train prompt")
+    ap.add_argument("--degraded", type=float, default=0.6, help="share of renders that are degraded")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--hidden", type=int, default=192)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import torch
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
+
+    rng = np.random.default_rng(args.seed)
+    records = suite_records()
+    train_records = [r for r in records if r["split"] == "train"]
+    tokenizer = vm.train_tokenizer(corpus(train_records, rng), args.vocab)
+    processor = vm.build_processor(tokenizer)
+    model = vm.build_model(tokenizer, clip=args.clip, hidden=args.hidden, layers=args.layers)
+    log(f"params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, vocab {len(tokenizer)}")
+    samples = t2i_samples(args.t2i_model, args.work, args.t2i_per_prompt, args.seed, log)
+    pool = image_pool(train_records, args.per_prompt, args.degraded, args.wrong, samples, args.seed)
+    n_img = sum(map(len, pool.values()))
+    share = np.mean([v.aligned for p in pool.values() for _, v in p])
+    log(f"{n_img} training images of {len(train_records)} train prompts ({share:.0%} checker-aligned)")
+    train(model, processor, train_records, pool, args.steps, args.batch, args.lr, args.seed, log)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    model = LlavaForConditionalGeneration.from_pretrained(args.out).eval()  # what ships is what is checked
+    processor = LlavaProcessor.from_pretrained(args.out)
+    quality = {split: quick_eval(model, processor, [r for r in records if r["split"] == split], args.seed + 1000)
+               for split in ("train", "heldout")}
+    log(f"pointwise agreement with the checker on fresh renders: {quality}")
+    (args.out / "recipe.json").write_text(json.dumps({
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "train_images": n_img, "train_images_aligned": round(float(share), 4), "quick_eval": quality,
+        "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+        "command": "python -m autofeedback.shapes.vlm_recipe " + " ".join(sys.argv[1:] if argv is None else argv),
+    }, indent=2) + "\n")
+    log(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
