@@ -256,3 +256,22 @@ def test_shipped_vlm_has_its_card_and_recipe():
     assert "vlm_recipe" in recipe["command"] and "LlavaForConditionalGeneration" in card
     size = sum(f.stat().st_size for f in SHIPPED_VLM.iterdir())
     assert size <= 20 * 2**20
+
+
+def test_recipe_smoke_builds_a_loadable_folder(tmp_path):
+    """The recipe end to end at toy size: a folder from_pretrained loads, with recipe.json and the model card."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from autofeedback.shapes import vlm_recipe
+
+    out = tmp_path / "vlm"
+    vlm_recipe.main(["--out", str(out), "--steps", "3", "--t2i-per-prompt", "0", "--per-prompt", "1", "--wrong", "1",
+                     "--hidden", "32", "--layers", "1", "--vocab", "500", "--eval-n", "4", "--batch", "4",
+                     "--clip", str(REPO / "data" / "models" / "shapes-clip")])
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    proc = AutoProcessor.from_pretrained(out)
+    assert proc.tokenizer.chat_template and model.config.vision_config.hidden_size == 64  # shapes-CLIP's tower
+    info = json.loads((out / "recipe.json").read_text())
+    assert info["steps"] == 3 and info["train_images"] == 270 * 2 and set(info["quick_eval"]) == {"train", "heldout"}
+    assert "--steps 3" in info["command"]
+    assert "LlavaForConditionalGeneration" in (out / "README.md").read_text()

@@ -271,6 +271,80 @@ def quick_eval(model, processor, records: list[dict], seed: int, n: int = 96) ->
     return {"n": n, "parsed": parsed, "agreement": round(agree / n, 4)}
 
 
+CARD = """---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [llava, shapes-world, vlm-judge, autofeedback]
+---
+# shapes-VLM
+
+A tiny vision-language model of the autofeedback shapes world: a standard transformers
+`LlavaForConditionalGeneration` (LlavaProcessor, chat template) whose vision tower is shapes-CLIP's
+(`data/models/shapes-clip`, 32x32 px, 4x4 patches, 64 image tokens), with LLaVA's MLP projector and a
+{layers}-layer Llama language model (hidden {hidden}), a byte-level BPE tokenizer ({vocab} tokens). {params:.2f}M
+parameters, float32.
+
+It is the AI judge of the embedded default: it answers the requests autofeedback's OpenAI judge sends with its
+built-in templates (autofeedback/templates/judges/: pointwise yes/no, 1-10 score, pairwise A/B, listwise ranking,
+caption, VQA) in the JSON the judge parses. Serve it with `autofeedback serve-vlm --model {out} --port 8001` and
+judge with `autofeedback judge RUN --judge openai:shapes-vlm --base-url http://127.0.0.1:8001/v1 --mode pairwise`.
+
+```python
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+model = LlavaForConditionalGeneration.from_pretrained("{out}")
+processor = AutoProcessor.from_pretrained("{out}")
+messages = [{{"role": "user", "content": [{{"type": "text", "text": "..."}}, {{"type": "image"}}]}}]
+text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+inputs = processor(text=[text], images=[image], return_tensors="pt")
+answer = processor.decode(model.generate(**inputs, max_new_tokens=100)[0, inputs.input_ids.shape[1]:],
+                          skip_special_tokens=True)
+```
+
+## Training
+
+`{command}` ({seconds:.0f} s, torch {torch}, {threads} CPU thread(s)). {steps} steps of {batch} chat examples, one
+task per step (weights: pointwise yes/no 0.30, pairwise 0.24, score 0.12, VQA 0.12, caption 0.11, listwise 0.11);
+the loss is on the answer tokens only. The answers are the exact shapes checker's, produced by the same function
+that answers for `autofeedback serve-checker` (autofeedback/judges/checker_model.py): this model imitates the
+checker, imperfectly. {train_images} training images, all for the 270 **train-split** prompts (the 90 held-out
+prompts -- unseen count-color pairs -- are never shown): renders of the prompt's scene and of train scenes one
+concept away ({degraded:.0%} degraded: blur, noise, color shift) and {t2i} samples per prompt of the tiny
+text-to-image model ({t2i_model}); {aligned:.0%} of them checker-aligned.
+
+## Quality
+
+Pointwise yes/no agreement with the checker on fresh renders (half one concept off, half degraded), recorded by
+the recipe: train prompts {q_train:.1%}, held-out prompts {q_heldout:.1%} (n={q_n} each). The agreement on the
+text-to-image model's own held-out samples, pairwise position bias and failures by concept are measured in
+docs/experiments.md ("A tiny VLM judge (issue #21)").
+
+## Limitations
+
+A model of a toy world: 32x32 images of 1-4 same-colored shapes on a flat background, and the judge's own
+templates; it knows no other words or scenes. Its answers are the checker's imitation, not a person's.
+"""
+
+
+def write_card(out: Path) -> Path:
+    """README.md (model card) from the folder's recipe.json."""
+    info = json.loads((out / "recipe.json").read_text())
+    q = info["quick_eval"]
+    params = sum(int(np.prod(t)) for t in _shapes(out / "model.safetensors")) / 1e6
+    vocab = len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"])
+    text = CARD.format(out=info["out"], params=params, vocab=vocab, command=info["command"], q_train=q["train"]["agreement"],
+                       q_heldout=q["heldout"]["agreement"], q_n=q["train"]["n"], t2i=info["t2i_per_prompt"],
+                       aligned=info["train_images_aligned"], **{k: info[k] for k in (
+                           "layers", "hidden", "seconds", "torch", "threads", "steps", "batch",
+                           "train_images", "degraded", "t2i_model")})
+    (out / "README.md").write_text(text)
+    return out / "README.md"
+
+
+def _shapes(path: Path) -> list[list[int]]:
+    header = json.loads(path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")])
+    return [v["shape"] for k, v in header.items() if k != "__metadata__"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -289,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-n", type=int, default=96, help="fresh renders per split for the recorded quick check")
     args = ap.parse_args(argv)
 
     import torch
@@ -322,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     processor.save_pretrained(args.out)
     model = LlavaForConditionalGeneration.from_pretrained(args.out).eval()  # what ships is what is checked
     processor = LlavaProcessor.from_pretrained(args.out)
-    quality = {split: quick_eval(model, processor, [r for r in records if r["split"] == split], args.seed + 1000)
+    quality = {split: quick_eval(model, processor, [r for r in records if r["split"] == split], args.seed + 1000,
+                                  n=args.eval_n)
                for split in ("train", "heldout")}
     log(f"pointwise agreement with the checker on fresh renders: {quality}")
     (args.out / "recipe.json").write_text(json.dumps({
@@ -331,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
         "command": "python -m autofeedback.shapes.vlm_recipe " + " ".join(sys.argv[1:] if argv is None else argv),
     }, indent=2) + "\n")
+    write_card(args.out)
     log(f"saved {args.out}")
 
 
