@@ -275,3 +275,23 @@ def test_recipe_smoke_builds_a_loadable_folder(tmp_path):
     assert info["steps"] == 3 and info["train_images"] == 270 * 2 and set(info["quick_eval"]) == {"train", "heldout"}
     assert "--steps 3" in info["command"]
     assert "LlavaForConditionalGeneration" in (out / "README.md").read_text()
+
+
+def test_judge_stage_serves_a_model_folder_itself(tiny_vlm, tmp_path):
+    """--base-url serve:FOLDER: the judge stage runs serve-vlm in-process for its requests (pipelines use this)."""
+    from autofeedback import judge
+    from autofeedback.config import JudgeConfig
+    from autofeedback.errors import InputError
+    from autofeedback.shapes.demo import make_rendered_run
+
+    run = make_rendered_run(tmp_path / "run", n_prompts=2, per_prompt=2)
+    s = judge.run(JudgeConfig(run_dir=run, judge="openai:shapes-vlm", base_url=f"serve:{tiny_vlm}", mode="pairwise",
+                              max_tokens=16))
+    rows = tables.read(tables.table_path(run, "judgments"), "judgments").to_pylist()
+    assert len(rows) == s["requests"] == 2 * 2  # one pair per prompt, both orders
+    assert all(r["input_tokens"] > 128 for r in rows)  # two images' tokens: the model saw both
+    again = judge.run(JudgeConfig(run_dir=run, judge="openai:shapes-vlm", base_url=f"serve:{tiny_vlm}",
+                                  mode="pairwise", max_tokens=16))
+    assert again["already_done"] == 4 and again["status"] == {}
+    with pytest.raises(InputError, match="no model folder"):
+        judge.run(JudgeConfig(run_dir=run, judge="openai:shapes-vlm", base_url=f"serve:{tmp_path}/nothing"))
