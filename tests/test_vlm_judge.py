@@ -295,3 +295,27 @@ def test_judge_stage_serves_a_model_folder_itself(tiny_vlm, tmp_path):
     assert again["already_done"] == 4 and again["status"] == {}
     with pytest.raises(InputError, match="no model folder"):
         judge.run(JudgeConfig(run_dir=run, judge="openai:shapes-vlm", base_url=f"serve:{tmp_path}/nothing"))
+
+
+def test_pipeline_resolves_serve_folder_against_base_dir(tmp_path):
+    from autofeedback import run
+
+    (tmp_path / "models" / "vlm").mkdir(parents=True)
+    (tmp_path / "models" / "vlm" / "config.json").write_text("{}")
+    (tmp_path / "pipes").mkdir()
+    yml = tmp_path / "pipes" / "p.yaml"
+    yml.write_text("base_dir: ..\nrun_dir: runs/x\nsteps:\n"
+                   "  - judge: {judge: 'openai:shapes-vlm', base_url: 'serve:models/vlm', mode: pairwise}\n")
+    _, _, configs = run.load_pipeline(yml)
+    assert configs[0][1].base_url == f"serve:{tmp_path.resolve() / 'models' / 'vlm'}"
+
+
+def test_shipped_pipeline_loads():
+    from autofeedback import run
+
+    _, _, configs = run.load_pipeline(REPO / "pipelines" / "shapes-ai-vs-human.yaml")
+    names = [n for n, _ in configs]
+    assert names.count("train_rwr") == 2 and names[-1] == "eval"
+    rwr = [c for n, c in configs if n == "train_rwr"]
+    assert {c.judge for c in rwr} == {"shapes", "openai:shapes-vlm"} and {c.out for c in rwr} == {"rwr-checker", "rwr-vlm"}
+    assert all(c.base_url.startswith("serve:") for n, c in configs if n == "judge" and c.judge.startswith("openai"))
