@@ -94,7 +94,7 @@ def test_chat_template_round_trip(tiny_vlm):
     assert proc.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == text
     enc = proc(text=[text], images=[_render(), _render(seed=1)], return_tensors="pt")
     image_id = proc.tokenizer.convert_tokens_to_ids(vm.IMAGE_TOKEN)
-    assert int((enc.input_ids == image_id).sum()) == 2 * model.config.image_seq_length == 128
+    assert int((enc.input_ids == image_id).sum()) == 2 * model.config.image_seq_length == 130  # 64 patches + class
     assert enc.pixel_values.shape == (2, 3, 32, 32)
     answer = '{"rationale": "two red circles on a blue background", "aligned": true}'
     ids = proc.tokenizer(answer, add_special_tokens=False).input_ids
@@ -129,7 +129,7 @@ def test_openai_client_gets_an_answer_with_usage(vlm_server):
     choice = resp.choices[0]
     assert isinstance(choice.message.content, str)
     assert choice.finish_reason in ("stop", "length")
-    assert resp.usage.prompt_tokens > 64  # the text and the 64 image tokens
+    assert resp.usage.prompt_tokens > 64  # the text and the 65 image tokens
     assert 1 <= resp.usage.completion_tokens <= 2 * 13  # at most the answer and one validated-decoding retry
     extra = choice.model_extra or {}
     assert "x_schema_valid" in extra and "x_retried" in extra

@@ -1,6 +1,9 @@
 """The tiny shapes VLM: a standard transformers LLaVA (LlavaForConditionalGeneration + LlavaProcessor).
 
-- vision tower: the shipped shapes-CLIP's vision model (CLIPVisionModel, 32x32 px, 4x4 patches -> 64 image tokens)
+- vision tower: the shipped shapes-CLIP's vision model (CLIPVisionModel, 32x32 px, 4x4 patches); LLaVA's "full"
+  feature strategy keeps CLIP's class token next to the 64 patch tokens (65 image tokens): the class token is what
+  shapes-CLIP was trained to fill with count and shape (with "default", patches only, a first model learned colors
+  and backgrounds but counted and named shapes at chance)
 - projector: LLaVA's 2-layer MLP
 - language model: a small Llama (LlamaForCausalLM config), byte-level BPE tokenizer trained with `tokenizers` on
   the judge's own request texts and answers, so any text round-trips and the judge's words are single tokens
@@ -125,9 +128,9 @@ def image_processor():
 def build_processor(tokenizer):
     from transformers import LlavaProcessor
 
-    # 64 patches + CLIP's class token (num_additional_image_tokens=1), which the "default" strategy drops: 64 tokens
+    # 64 patches + CLIP's class token (num_additional_image_tokens=1), kept by the "full" strategy: 65 tokens
     return LlavaProcessor(image_processor=image_processor(), tokenizer=tokenizer, patch_size=PATCH,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          vision_feature_select_strategy="full", num_additional_image_tokens=1,
                           chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN)
 
 
@@ -148,7 +151,7 @@ def build_model(tokenizer, clip: str | None = None, hidden: int = 192, layers: i
                                           num_hidden_layers=1, num_attention_heads=2))
     config = LlavaConfig(vision_config=vision_config, text_config=text,
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                         image_seq_length=(IMAGE_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
+                         image_seq_length=(IMAGE_SIZE // PATCH) ** 2 + 1, vision_feature_select_strategy="full",
                          vision_feature_layer=-1, projector_hidden_act="gelu", tie_word_embeddings=True)
     model = LlavaForConditionalGeneration(config)
     if clip:
