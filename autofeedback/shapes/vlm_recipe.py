@@ -161,26 +161,46 @@ def example(task: str, rec: dict, images: list) -> tuple[list[dict], list, str]:
     return msgs, imgs, answer
 
 
-def encode(processor, batch: list[tuple[list[dict], list, str]]):
-    """Right-padded input_ids / labels (answer tokens only) / pixel_values for one training batch."""
+def encode(processor, batch: list[tuple[list[dict], list, str]], verdict_weight: float = 1.0):
+    """Right-padded input_ids / labels (answer tokens only) / loss weights / pixel_values for one training batch.
+    The tokens after the rationale (the verdict: aligned, score, choice, ranking) weigh `verdict_weight`: one or two
+    tokens of ~20 decide the judgment, and the description before them is easy to learn by copying the prompt."""
     import torch
 
     tok = processor.tokenizer
-    seqs, labels, pixels = [], [], []
+    seqs, labels, weights, pixels = [], [], [], []
     for msgs, imgs, answer in batch:
         prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         enc = processor(text=[prompt], images=imgs, return_tensors="pt")
-        ans = tok(answer + vm.END, add_special_tokens=False).input_ids
+        cut = answer.rfind('", "') + 2 if answer.startswith('{"rationale"') else len(answer)
+        # the byte-level pre-tokenizer splits before the space, so the two halves tokenize as the whole does
+        head = tok(answer[:cut], add_special_tokens=False).input_ids
+        tail = tok(answer[cut:] + vm.END, add_special_tokens=False).input_ids
         ids = enc.input_ids[0].tolist()
-        seqs.append(ids + ans)
-        labels.append([-100] * len(ids) + ans)
+        seqs.append(ids + head + tail)
+        labels.append([-100] * len(ids) + head + tail)
+        weights.append([0.0] * len(ids) + [1.0] * len(head) + [verdict_weight] * len(tail))
         pixels.append(enc.pixel_values)
     width = max(map(len, seqs))
     pad = tok.pad_token_id
     input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
     attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
     lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
-    return {"input_ids": input_ids, "attention_mask": attn, "labels": lab, "pixel_values": torch.cat(pixels)}
+    w = torch.tensor([x + [0.0] * (width - len(x)) for x in weights])
+    return {"input_ids": input_ids, "attention_mask": attn, "labels": lab, "weights": w,
+            "pixel_values": torch.cat(pixels)}
+
+
+def weighted_loss(model, batch: dict):
+    """Next-token cross-entropy on the answer tokens, weighted per token."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   pixel_values=batch["pixel_values"]).logits[:, :-1]
+    labels, w = batch["labels"][:, 1:], batch["weights"][:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                           ignore_index=-100, reduction="none").view_as(w)
+    return (ce * w).sum() / w.sum()
 
 
 def corpus(records: list[dict], rng: np.random.Generator) -> list[str]:
@@ -198,7 +218,8 @@ def corpus(records: list[dict], rng: np.random.Generator) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ train
-def train(model, processor, records, pool, steps: int, batch: int, lr: float, seed: int, log) -> None:
+def train(model, processor, records, pool, steps: int, batch: int, lr: float, seed: int, log,
+          vision_lr_scale: float = 0.3, verdict_weight: float = 1.0) -> None:
     import torch
 
     rng = np.random.default_rng(seed)
@@ -206,7 +227,12 @@ def train(model, processor, records, pool, steps: int, batch: int, lr: float, se
     vision = list(model.model.vision_tower.parameters())
     vision_ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if id(p) not in vision_ids]
-    opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": vision, "lr": lr * 0.3}], weight_decay=0.01)
+    groups = [{"params": rest, "lr": lr}]
+    if vision_lr_scale > 0:
+        groups.append({"params": vision, "lr": lr * vision_lr_scale})
+    else:  # shapes-CLIP's tower frozen
+        model.model.vision_tower.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
     warmup = max(1, min(50, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
@@ -218,13 +244,13 @@ def train(model, processor, records, pool, steps: int, batch: int, lr: float, se
         for _ in range(batch):
             rec = records[int(rng.integers(len(records)))]
             items.append(example(task, rec, pick(task, pool[rec["prompt"]], rng)))
-        out = model(**encode(processor, items))
+        loss = weighted_loss(model, encode(processor, items, verdict_weight))
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             log(f"vlm step {step}/{steps} {task:16s} loss {np.mean(losses[-50:]):.4f} ({time.time() - t0:.0f}s)")
     model.eval()
@@ -331,7 +357,12 @@ def write_card(out: Path) -> Path:
     q = info["quick_eval"]
     params = sum(int(np.prod(t)) for t in _shapes(out / "model.safetensors")) / 1e6
     vocab = len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"])
-    text = CARD.format(out=info["out"], params=params, vocab=vocab, command=info["command"], q_train=q["train"]["agreement"],
+    command = info["command"]
+    if "init_recipe" in info:  # trained in two runs: the first, then this one continuing it
+        command = f"{info['init_recipe']['command']}` then `{command}"
+        info = {**info, "seconds": info["seconds"] + info["init_recipe"]["seconds"],
+                "steps": f"{info['init_recipe']['steps']} + {info['steps']}"}
+    text = CARD.format(out=info["out"], params=params, vocab=vocab, command=command, q_train=q["train"]["agreement"],
                        q_heldout=q["heldout"]["agreement"], q_n=q["train"]["n"], t2i=info["t2i_per_prompt"],
                        aligned=info["train_images_aligned"], **{k: info[k] for k in (
                            "layers", "hidden", "seconds", "torch", "threads", "steps", "batch",
@@ -363,6 +394,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--vision-lr-scale", type=float, default=0.3,
+                    help="the vision tower's learning rate as a share of --lr (0: shapes-CLIP frozen)")
+    ap.add_argument("--verdict-weight", type=float, default=1.0,
+                    help="loss weight of the answer's verdict tokens (after the rationale)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="continue training a shapes-VLM folder (its tokenizer, processor and weights)")
     ap.add_argument("--eval-n", type=int, default=96, help="fresh renders per split for the recorded quick check")
     args = ap.parse_args(argv)
 
@@ -381,16 +418,22 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     records = suite_records()
     train_records = [r for r in records if r["split"] == "train"]
-    tokenizer = vm.train_tokenizer(corpus(train_records, rng), args.vocab)
-    processor = vm.build_processor(tokenizer)
-    model = vm.build_model(tokenizer, clip=args.clip, hidden=args.hidden, layers=args.layers)
+    if args.init_from:
+        processor = LlavaProcessor.from_pretrained(args.init_from)
+        model = LlavaForConditionalGeneration.from_pretrained(args.init_from)
+    else:
+        tokenizer = vm.train_tokenizer(corpus(train_records, rng), args.vocab)
+        processor = vm.build_processor(tokenizer)
+        model = vm.build_model(tokenizer, clip=args.clip, hidden=args.hidden, layers=args.layers)
+    tokenizer = processor.tokenizer
     log(f"params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, vocab {len(tokenizer)}")
     samples = t2i_samples(args.t2i_model, args.work, args.t2i_per_prompt, args.seed, log)
     pool = image_pool(train_records, args.per_prompt, args.degraded, args.wrong, samples, args.seed)
     n_img = sum(map(len, pool.values()))
     share = np.mean([v.aligned for p in pool.values() for _, v in p])
     log(f"{n_img} training images of {len(train_records)} train prompts ({share:.0%} checker-aligned)")
-    train(model, processor, train_records, pool, args.steps, args.batch, args.lr, args.seed, log)
+    train(model, processor, train_records, pool, args.steps, args.batch, args.lr, args.seed, log,
+          vision_lr_scale=args.vision_lr_scale, verdict_weight=args.verdict_weight)
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
@@ -406,6 +449,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_images": n_img, "train_images_aligned": round(float(share), 4), "quick_eval": quality,
         "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
         "command": "python -m autofeedback.shapes.vlm_recipe " + " ".join(sys.argv[1:] if argv is None else argv),
+        **({"init_recipe": json.loads((args.init_from / "recipe.json").read_text())}
+           if args.init_from and (args.init_from / "recipe.json").exists() else {}),
     }, indent=2) + "\n")
     write_card(args.out)
     log(f"saved {args.out}")
