@@ -153,10 +153,24 @@ def pick(task: str, pool: list, rng: np.random.Generator) -> list:
     return [pool[int(i)][0] for i in idx]
 
 
-def example(task: str, rec: dict, images: list) -> tuple[list[dict], list, str]:
-    """(chat messages, images, the checker's answer text) for one training example."""
+def checklist(image, scene: Scene) -> str:
+    """A pointwise rationale that makes the verdict a local step: per concept, what the checker read, what the prompt
+    asks, ok or wrong ("count 3 asked 3 ok; color red asked red ok; ..."). The judge keeps rationales as text."""
+    verdict = checker.check(np.asarray(image), scene)
+    seen, asked = verdict.observed(), {k: str(v) for k, v in scene.metadata().items()}
+    return "; ".join(f"{c} {seen[c] or 'none'} asked {asked[c]} {'ok' if verdict.correct[c] else 'wrong'}"
+                     for c in checker.CONCEPTS)
+
+
+def example(task: str, rec: dict, images: list, checklists: bool = False) -> tuple[list[dict], list, str]:
+    """(chat messages, images, the checker's answer text) for one training example; with `checklists`, pointwise
+    rationales are per-concept checklists (checklist()) instead of the checker server's description."""
     req = request(task, rec, images)
     answer = checker_model.answer(req, None, _NoBias())["choices"][0]["message"]["content"]
+    if checklists and task in ("pointwise_binary", "pointwise_score"):
+        payload = json.loads(answer)
+        payload["rationale"] = checklist(images[0], Scene(**rec["metadata"]))
+        answer = json.dumps(payload)
     msgs, imgs = vm.chat_messages(req["messages"])
     return msgs, imgs, answer
 
@@ -219,7 +233,7 @@ def corpus(records: list[dict], rng: np.random.Generator) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ train
 def train(model, processor, records, pool, steps: int, batch: int, lr: float, seed: int, log,
-          vision_lr_scale: float = 0.3, verdict_weight: float = 1.0) -> None:
+          vision_lr_scale: float = 0.3, verdict_weight: float = 1.0, checklists: bool = False) -> None:
     import torch
 
     rng = np.random.default_rng(seed)
@@ -243,7 +257,7 @@ def train(model, processor, records, pool, steps: int, batch: int, lr: float, se
         items = []
         for _ in range(batch):
             rec = records[int(rng.integers(len(records)))]
-            items.append(example(task, rec, pick(task, pool[rec["prompt"]], rng)))
+            items.append(example(task, rec, pick(task, pool[rec["prompt"]], rng), checklists))
         loss = weighted_loss(model, encode(processor, items, verdict_weight))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -398,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the vision tower's learning rate as a share of --lr (0: shapes-CLIP frozen)")
     ap.add_argument("--verdict-weight", type=float, default=1.0,
                     help="loss weight of the answer's verdict tokens (after the rationale)")
+    ap.add_argument("--checklists", action="store_true",
+                    help="pointwise rationales as per-concept checklists (seen / asked / ok), so the verdict is local")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="continue training a shapes-VLM folder (its tokenizer, processor and weights)")
     ap.add_argument("--eval-n", type=int, default=96, help="fresh renders per split for the recorded quick check")
@@ -433,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     share = np.mean([v.aligned for p in pool.values() for _, v in p])
     log(f"{n_img} training images of {len(train_records)} train prompts ({share:.0%} checker-aligned)")
     train(model, processor, train_records, pool, args.steps, args.batch, args.lr, args.seed, log,
-          vision_lr_scale=args.vision_lr_scale, verdict_weight=args.verdict_weight)
+          vision_lr_scale=args.vision_lr_scale, verdict_weight=args.verdict_weight, checklists=args.checklists)
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
