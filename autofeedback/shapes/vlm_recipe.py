@@ -233,11 +233,13 @@ def corpus(records: list[dict], rng: np.random.Generator) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ train
 def train(model, processor, records, pool, steps: int, batch: int, lr: float, seed: int, log,
-          vision_lr_scale: float = 0.3, verdict_weight: float = 1.0, checklists: bool = False) -> None:
+          vision_lr_scale: float = 0.3, verdict_weight: float = 1.0, checklists: bool = False,
+          task_weights: dict | None = None) -> None:
     import torch
 
     rng = np.random.default_rng(seed)
-    tasks, weights = list(TASKS), np.array([TASKS[t][1] for t in TASKS])
+    tasks = list(TASKS)
+    weights = np.array([(task_weights or {}).get(t, TASKS[t][1]) for t in TASKS], dtype=float)
     vision = list(model.model.vision_tower.parameters())
     vision_ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if id(p) not in vision_ids]
@@ -381,6 +383,12 @@ def write_card(out: Path) -> Path:
                        aligned=info["train_images_aligned"], **{k: info[k] for k in (
                            "layers", "hidden", "seconds", "torch", "threads", "steps", "batch",
                            "train_images", "degraded", "t2i_model")})
+    if max(q["train"]["agreement"], q["heldout"]["agreement"]) < 0.6:
+        text += ("\n**This model's verdicts are at chance.** It describes the image as the checker reads it (count, "
+                 "color, shape, background), but it does not read the prompt, so yes/no, scores and A/B choices do not "
+                 "follow the image-prompt match (docs/experiments.md, \"A tiny VLM judge (issue #21)\", has the "
+                 "attempts and the measured numbers). Use it to exercise the serving and judging stack, not as a "
+                 "judge.\n")
     (out / "README.md").write_text(text)
     return out / "README.md"
 
@@ -414,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="loss weight of the answer's verdict tokens (after the rationale)")
     ap.add_argument("--checklists", action="store_true",
                     help="pointwise rationales as per-concept checklists (seen / asked / ok), so the verdict is local")
+    ap.add_argument("--task-weights", default="", help="TASK=W,... overrides of the task mix (e.g. pairwise=0)")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="continue training a shapes-VLM folder (its tokenizer, processor and weights)")
     ap.add_argument("--eval-n", type=int, default=96, help="fresh renders per split for the recorded quick check")
@@ -449,7 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     share = np.mean([v.aligned for p in pool.values() for _, v in p])
     log(f"{n_img} training images of {len(train_records)} train prompts ({share:.0%} checker-aligned)")
     train(model, processor, train_records, pool, args.steps, args.batch, args.lr, args.seed, log,
-          vision_lr_scale=args.vision_lr_scale, verdict_weight=args.verdict_weight, checklists=args.checklists)
+          vision_lr_scale=args.vision_lr_scale, verdict_weight=args.verdict_weight, checklists=args.checklists,
+          task_weights={k: float(v) for k, _, v in (t.partition("=") for t in args.task_weights.split(",") if t)})
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
