@@ -269,11 +269,25 @@ def test_shipped_vlm_answers_yes_no_in_the_judges_format():
 
 
 @shipped
-@pytest.mark.xfail(strict=True, reason="the shipped VLM does not read the prompt yet: its verdicts are at chance "
-                                       "(docs/experiments.md, 'A tiny VLM judge'); remove this mark when it does")
-def test_shipped_vlm_verdicts_agree_with_the_checker():
-    answers = [parsing.parse("pointwise_binary", a) for a in _ask_shipped(CASES)]
-    assert sum(a.aligned == truth for a, (_, _, truth) in zip(answers, CASES)) >= 5
+def test_shipped_vlm_verdicts_agree_with_the_checker_on_held_out_prompts():
+    """Renders of 8 held-out prompts, as asked and with another count (the T2I model's usual error): its yes/no
+    agrees with the checker on about 70% or more (the issue's lower bound; 85.6% on the T2I model's held-out samples)."""
+    from autofeedback.shapes import checker
+    from autofeedback.shapes.suite import suite_records
+    from autofeedback.shapes.world import Scene, parse_prompt
+
+    held = [r for r in suite_records() if r["split"] == "heldout"][::11][:8]
+    cases = []
+    for r in held:
+        scene = Scene(**r["metadata"])
+        other = Scene(**{**r["metadata"], "count": scene.count % 4 + 1})
+        cases += [(r["prompt"], scene.prompt, None), (r["prompt"], other.prompt, None)]
+    answers = [parsing.parse("pointwise_binary", a) for a in _ask_shipped(cases)]
+    truth = [checker.check(np.asarray(_render(drawn, seed=7)), parse_prompt(prompt)).aligned
+             for prompt, drawn, _ in cases]
+    agree = sum(a.aligned == t for a, t in zip(answers, truth))
+    assert agree >= 11, f"{agree}/16"  # ~70%; the shipped model: 13/16
+    assert {True, False} <= set(truth)  # both verdicts occur: the test can fail
 
 
 @shipped

@@ -373,11 +373,12 @@ def write_card(out: Path) -> Path:
     q = info["quick_eval"]
     params = sum(int(np.prod(t)) for t in _shapes(out / "model.safetensors")) / 1e6
     vocab = len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"])
-    command = info["command"]
-    if "init_recipe" in info:  # trained in two runs: the first, then this one continuing it
-        command = f"{info['init_recipe']['command']}` then `{command}"
-        info = {**info, "seconds": info["seconds"] + info["init_recipe"]["seconds"],
-                "steps": f"{info['init_recipe']['steps']} + {info['steps']}"}
+    chain, r = [], info
+    while r:  # trained in several runs, each continuing the one before (--init-from): first run first
+        chain.insert(0, r)
+        r = r.get("init_recipe")
+    command = "` then `".join(r["command"] for r in chain)
+    info = {**info, "seconds": sum(r["seconds"] for r in chain), "steps": " + ".join(str(r["steps"]) for r in chain)}
     text = CARD.format(out=info["out"], params=params, vocab=vocab, command=command, q_train=q["train"]["agreement"],
                        q_heldout=q["heldout"]["agreement"], q_n=q["train"]["n"], t2i=info["t2i_per_prompt"],
                        aligned=info["train_images_aligned"], **{k: info[k] for k in (
