@@ -272,6 +272,27 @@ def serve_checker(
     serve(port=port, latency=latency, rates=rates, position_bias=position_bias)
 
 
+@app.command("serve-vlm")
+@user_errors
+def serve_vlm(
+    model: Path = typer.Option(Path("data/models/shapes-vlm"), help="a LLaVA-style transformers folder with a chat "
+                                                                      "template (e.g. data/models/shapes-vlm)"),
+    port: int = typer.Option(8000, help="port on 127.0.0.1"),
+    max_batch: int = typer.Option(32, min=1, help="most requests generated together in one batch"),
+    batch_wait_ms: float = typer.Option(10.0, min=0, help="how long a batch waits for more requests after its first"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: torch's)"),
+    model_name: Optional[str] = typer.Option(None, help="the model id /v1/models lists (default: the folder name)"),
+):
+    """A local OpenAI-protocol chat-completions server running a VLM with transformers (batched; loopback only)."""
+    if not (model / "config.json").exists():
+        raise InputError(f"--model {model}: not a model folder (no config.json); build the shapes VLM with "
+                         f"python -m autofeedback.shapes.vlm_recipe --out {model}")
+    from .judges.vlm_server import serve
+
+    serve(str(model), port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads,
+          model_name=model_name)
+
+
 @app.command()
 @user_errors
 def run(

@@ -88,7 +88,7 @@ class JudgeConfig(StageConfig):
     list_size: int = Field(4, ge=2, description="listwise: images per ranking request")
     seed: int = Field(0, description="seed for pair sampling and the listwise presentation order")
     # transport
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI)")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI; serve:FOLDER: serve-vlm in-process)")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     concurrency: int = Field(16, ge=1, description="requests in flight at once")
     rpm: float | None = Field(None, gt=0, description="client-side limit: requests per minute")

@@ -72,6 +72,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, run_dir:
                 settings[key] = [_resolve_judge(base, v) if isinstance(v, str) else v for v in value]
             elif isinstance(value, dict):  # train grpo's {JUDGE: WEIGHT}
                 settings[key] = {_resolve_judge(base, str(k)): v for k, v in value.items()}
+        url = settings.get("base_url")  # serve:FOLDER (the judge runs serve-vlm on it): relative to base_dir too
+        if isinstance(url, str) and url.startswith("serve:") and not Path(url[6:]).exists() and (base / url[6:]).exists():
+            settings["base_url"] = f"serve:{base / url[6:]}"
         settings["run_dir"] = final_run_dir
         configs.append((name, build(STEP_CONFIGS[name], f"{path}: steps[{i}] ({name})", **settings)))
     return pipe, final_run_dir, configs

@@ -1,6 +1,9 @@
 """VLM / ChatGPT-style judges over the OpenAI protocol (OpenAI, Azure, vLLM, SGLang, Ollama...).
 
     --judge openai:gpt-4o [--base-url URL]      key from $OPENAI_API_KEY (or --api-key-env NAME)
+    --judge openai:shapes-vlm --base-url serve:data/models/shapes-vlm
+                                                the stage starts serve-vlm (judges/vlm_server.py) on that folder on
+                                                a loopback port, asks it over HTTP like any server, and stops it
 
 Transport and task are apart: templates (autofeedback/templates/judges/*.yaml, package data; judges/templates.py)
 say what to ask and which answer model parses the reply (judges/parsing.py); this module only moves requests.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import math
@@ -119,6 +123,14 @@ class OpenAIJudge:
             raise InputError(f"--max-cost needs prices for {model!r}: pass --price-input and --price-output "
                              f"(USD per 1M tokens)")
         self.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
+        self.serve_model = None  # --base-url serve:FOLDER: serve-vlm on FOLDER, in-process, for this stage
+        if self.base_url and self.base_url.startswith("serve:"):
+            self.serve_model = self.base_url.removeprefix("serve:")
+            if not (Path(self.serve_model) / "config.json").exists():
+                raise InputError(f"--base-url {self.base_url}: no model folder at {self.serve_model} (no config.json)")
+            if cfg.batch:
+                raise InputError("--batch needs a server with the Batch API; serve: runs serve-vlm, which has none")
+            self.base_url = "http://127.0.0.1/v1"  # the port is known once the server runs
         key = os.environ.get(cfg.api_key_env)
         if not key:
             if self.base_url and is_loopback(self.base_url):
@@ -144,10 +156,24 @@ class OpenAIJudge:
             todo = [u for u in units if u["request_id"] not in cached]
             if self.cfg.batch:
                 self._batch(todo, cache, emit)
-            elif todo and asyncio.run(self._run_all(todo, cache, emit)):
-                raise KeyboardInterrupt  # Ctrl-C, after the requests in flight were drained
+            elif todo:
+                with self._served():
+                    if asyncio.run(self._run_all(todo, cache, emit)):
+                        raise KeyboardInterrupt  # Ctrl-C, after the requests in flight were drained
         finally:
             cache.close()
+
+    @contextlib.contextmanager
+    def _served(self):
+        """With --base-url serve:FOLDER, the model runs behind a loopback OpenAI server while the stage asks it."""
+        if not self.serve_model:
+            yield
+            return
+        from .vlm_server import VLMServer
+
+        with VLMServer(self.serve_model, model_name=self.model, max_batch=self.cfg.concurrency) as server:
+            self.base_url = server.base_url
+            yield
 
     # -------------------------------------------------------------- synchronous API path
     def _client(self):
