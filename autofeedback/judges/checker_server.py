@@ -78,7 +78,46 @@ class _State:
             return fault
 
 
-class CheckerServer:
+class LoopbackServer:
+    """A ThreadingHTTPServer on a loopback address, run in a daemon thread: `with Server(...) as s: s.base_url`.
+    Subclasses set self.httpd (and self.thread = None) in __init__ and may extend stop() and close()."""
+
+    httpd: "_Server"
+    thread: threading.Thread | None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        self.httpd.server_close()
+
+    def serve_until_interrupted(self) -> None:  # pragma: no cover - interactive (`autofeedback serve-*`)
+        try:
+            self.httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class CheckerServer(LoopbackServer):
     """Start with `with CheckerServer() as server:`; `server.base_url` is the OpenAI base URL."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, seed: int = 0,
@@ -96,26 +135,9 @@ class CheckerServer:
         self.thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- control
-    @property
-    def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> "CheckerServer":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        return self
-
     def stop(self) -> None:
-        self.state.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> "CheckerServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self.state.gate.set()  # release requests held by a "hang" fault first
+        super().stop()
 
     def inject(self, fault: str, times: int = 1) -> None:
         if fault not in FAULTS:
@@ -358,9 +380,4 @@ def serve(host: str = "127.0.0.1", port: int = 8000, latency: float = 0.0, rates
         server.fault_rate(fault, p)
     server.set_position_bias(position_bias)
     print(f"shapes-checker OpenAI server on {server.base_url} (Ctrl-C to stop)", flush=True)
-    try:
-        server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.httpd.server_close()
+    server.serve_until_interrupted()

@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..shapes.vlm_model import BadRequest, chat_messages
-from .checker_server import _Handler, _Server
+from .checker_server import LoopbackServer, _Handler, _Server
 
 RETRY_TEMPERATURE = 0.7
 
@@ -257,7 +257,7 @@ class _VLMHandler(_Handler):
         return None
 
 
-class VLMServer:
+class VLMServer(LoopbackServer):
     """`with VLMServer("data/models/shapes-vlm") as server:`; `server.base_url` is the OpenAI base URL."""
 
     def __init__(self, model_path: str | Path, host: str = "127.0.0.1", port: int = 0, max_batch: int = 32,
@@ -277,30 +277,13 @@ class VLMServer:
         self.thread: threading.Thread | None = None
 
     @property
-    def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    @property
     def batch_sizes(self) -> dict[int, int]:
         with self.engine.lock:
             return dict(self.engine.batch_sizes)
 
-    def start(self) -> "VLMServer":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def close(self) -> None:
+        super().close()
         self.engine.close()
-
-    def __enter__(self) -> "VLMServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, batch_wait_ms: float = 10.0,
@@ -309,10 +292,4 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
                        model_name=model_name)
     print(f"{Path(model).name} OpenAI server on {server.base_url} (batches of up to {max_batch}; Ctrl-C to stop)",
           flush=True)
-    try:
-        server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.httpd.server_close()
-        server.engine.close()
+    server.serve_until_interrupted()
