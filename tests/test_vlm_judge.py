@@ -121,6 +121,16 @@ def test_schema_check():
     listwise = parsing.response_format("listwise")
     assert answer_errors('{"rationale": "", "ranking": [1, "2"]}', listwise)
     assert answer_errors('{"rationale": "", "ranking": [1, true]}', listwise)
+    assert answer_errors('{"rationale": "x", "choice": "C"}', fmt)[0].startswith("$.choice: 'C' is not one of")
+
+
+def test_invalid_response_schema_is_a_400():
+    from autofeedback.judges.vlm_server import BadRequest, check_request
+
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(BadRequest, match="not a valid JSON Schema"):
+        check_request({"messages": msgs, "response_format": {"type": "json_schema",
+                                                             "json_schema": {"schema": {"type": "no-such-type"}}}})
 
 
 # ------------------------------------------------------------------------------------------ the server

@@ -8,8 +8,8 @@ folder that LlavaForConditionalGeneration / AutoProcessor load, with a chat temp
   model's chat template, greedy decoding at temperature 0 (sampling otherwise), `max_tokens` (finish_reason
   "length" when cut), usage tokens (prompt tokens include the image tokens). GET /v1/models.
 - response_format: "text", "json_object" or "json_schema". JSON answers are honoured by *validated* decoding, not
-  constrained decoding: the answer is checked against the schema (the subset of JSON Schema the judge uses:
-  object/properties/required/additionalProperties, string/boolean/integer/number/array, enum, items); an answer that
+  constrained decoding: the answer is checked against the schema with the jsonschema library (a schema that is
+  not valid JSON Schema is a 400); an answer that
   fails is generated again once with sampling (T=0.7), and if that fails too it is returned as generated, with
   "x_schema_valid": false in the choice, so the client's parser decides (the judge records a parse_error row).
 - Concurrency by batching: handler threads queue requests; one worker collects up to --max-batch requests (waiting
@@ -36,32 +36,14 @@ RETRY_TEMPERATURE = 0.7
 
 
 # ------------------------------------------------------------------------------------------ schema check
-def schema_errors(value, schema: dict, path: str = "$") -> list[str]:
-    """Why `value` does not fit `schema` (the JSON Schema subset of structured outputs); [] when it fits."""
-    if "enum" in schema and value not in schema["enum"]:
-        return [f"{path}: {value!r} not one of {schema['enum']}"]
-    kind = schema.get("type")
-    kinds = kind if isinstance(kind, list) else [kind] if kind else []
-    checks = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
-              "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
-              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              "null": lambda v: v is None}
-    if kinds and not any(checks.get(k, lambda v: True)(value) for k in kinds):
-        return [f"{path}: expected {kind}, got {type(value).__name__}"]
-    errors = []
-    if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        errors += [f"{path}: missing {k!r}" for k in schema.get("required") or [] if k not in value]
-        if schema.get("additionalProperties") is False:
-            errors += [f"{path}: unexpected {k!r}" for k in value if k not in props]
-        for k, sub in props.items():
-            if k in value:
-                errors += schema_errors(value[k], sub, f"{path}.{k}")
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            errors += schema_errors(item, schema["items"], f"{path}[{i}]")
-    return errors
+def schema_errors(value, schema: dict) -> list[str]:
+    """Why `value` does not fit the JSON Schema `schema` (jsonschema's validator for the schema's draft); [] when it
+    fits. A schema that is itself invalid raises jsonschema.SchemaError (check_request turns it into a 400)."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"${''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in e.absolute_path)}: {e.message}"
+            for e in validator.iter_errors(value)]
 
 
 def answer_errors(text: str, response_format: dict | None) -> list[str]:
@@ -91,6 +73,14 @@ def check_request(req) -> dict:
         raise BadRequest("response_format.type must be text, json_object or json_schema")
     if fmt and fmt.get("type") == "json_schema" and not isinstance((fmt.get("json_schema") or {}).get("schema"), dict):
         raise BadRequest("response_format json_schema needs json_schema.schema (an object)")
+    if fmt and fmt.get("type") == "json_schema":
+        import jsonschema
+
+        schema = fmt["json_schema"]["schema"]
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise BadRequest(f"response_format json_schema.schema is not a valid JSON Schema: {exc.message}") from None
     max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or 256
     temperature = req.get("temperature")
     if not isinstance(max_tokens, int) or max_tokens < 1:
