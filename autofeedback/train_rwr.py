@@ -8,8 +8,8 @@ Writes:  RUN/<out>/lora/ (or pipeline/), checkpoints/, metrics.jsonl, train.json
          + anchor_weight * mean_j ||model(...) - reference(...)||^2   (KL to the reference, same set)
 
 r is the judge's label (1 aligned, 0 not) or its score rescaled to [0, 1] (several judges: the mean).
---reward none sets r = 1 for every judged sample: the no-feedback control of a run (the same samples, steps and
-batches; only the judge's verdict is ignored), so a gain can be credited to the judge rather than to fine-tuning.
+--reward none sets r = 1 for every judged sample: the no-feedback control of a run (the same images, steps and
+settings; only the judge's verdict is ignored), so a gain can be credited to the judge rather than to fine-tuning.
 With --min-reward M only samples with r >= M are kept (rejection sampling: --reward label --min-reward 1
 fine-tunes on the aligned samples, each weighing 1; the main job's recipe).
 With --temperature T the weights are instead a softmax of r / T over each prompt's judged images,
