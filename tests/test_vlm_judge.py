@@ -316,8 +316,8 @@ def test_recipe_smoke_builds_a_loadable_folder(tmp_path):
     from autofeedback.shapes import vlm_recipe
 
     out = tmp_path / "vlm"
-    vlm_recipe.main(["--out", str(out), "--steps", "3", "--t2i-per-prompt", "0", "--per-prompt", "1", "--wrong", "1",
-                     "--hidden", "32", "--layers", "1", "--vocab", "500", "--eval-n", "4", "--batch", "4",
+    vlm_recipe.main(["--schedule", "single", "--out", str(out), "--steps", "3", "--t2i-per-prompt", "0",
+                     "--per-prompt", "1", "--wrong", "1", "--hidden", "32", "--layers", "1", "--vocab", "500", "--eval-n", "4", "--batch", "4",
                      "--clip", str(REPO / "data" / "models" / "shapes-clip")])
     model = LlavaForConditionalGeneration.from_pretrained(out)
     proc = AutoProcessor.from_pretrained(out)
@@ -326,6 +326,39 @@ def test_recipe_smoke_builds_a_loadable_folder(tmp_path):
     assert info["steps"] == 3 and info["train_images"] == 270 * 2 and set(info["quick_eval"]) == {"train", "heldout"}
     assert "--steps 3" in info["command"]
     assert "LlavaForConditionalGeneration" in (out / "README.md").read_text()
+
+
+def test_recipe_schedule_is_one_command_that_resumes(tmp_path, capsys):
+    """The shipped schedule (3 runs, each from the one before) at toy size: one command, the chain recorded in the
+    final recipe.json and card; re-run, the finished stages are skipped; its per-stage flags are refused."""
+    from autofeedback.shapes import vlm_recipe
+
+    out, work = tmp_path / "vlm", tmp_path / "work"
+    argv = ["--out", str(out), "--work", str(work), "--steps-scale", "0.002", "--t2i-per-prompt", "0",
+            "--per-prompt", "1", "--wrong", "1", "--hidden", "32", "--layers", "1", "--vocab", "500",
+            "--eval-n", "2", "--batch", "2", "--clip", str(REPO / "data" / "models" / "shapes-clip")]
+    vlm_recipe.main(argv)
+    info = json.loads((out / "recipe.json").read_text())
+    chain = [info, info["init_recipe"], info["init_recipe"]["init_recipe"]]
+    assert [r["steps"] for r in chain] == [2, 1, 2]  # 800, 500, 1200 x 0.002 (at least 1), last run first
+    assert [r["stage"] for r in chain] == ["3/3", "2/3", "1/3"]
+    assert chain[0]["init_from"] == str(work / "stage-2") and chain[1]["init_from"] == str(work / "stage-1")
+    assert chain[2]["init_from"] is None and chain[0]["checklists"] and not chain[2]["checklists"]
+    assert chain[0]["task_weights"].startswith("pointwise_binary=0.5")
+    assert info["schedule_command"] == "python -m autofeedback.shapes.vlm_recipe " + " ".join(argv)
+    card = (out / "README.md").read_text()
+    assert info["schedule_command"] in card and "3 runs each continuing the one before" in card
+    capsys.readouterr()
+    (out / "recipe.json").unlink()  # as if killed in the last run: stages 1 and 2 are kept, the last is redone
+    vlm_recipe.main(argv)
+    printed = capsys.readouterr().out
+    assert "stage 1/3: " + str(work / "stage-1") + " is done (resumed)" in printed
+    assert "stage 2/3: " + str(work / "stage-2") + " is done (resumed)" in printed
+    assert "stage 3/3: python -m autofeedback.shapes.vlm_recipe --schedule single --out " + str(out) in printed
+    assert json.loads((out / "recipe.json").read_text())["init_recipe"] == info["init_recipe"]
+    with pytest.raises(SystemExit):
+        vlm_recipe.main(["--out", str(out), "--steps", "5"])
+    assert "--steps: the shipped schedule sets these per stage" in capsys.readouterr().err
 
 
 def test_judge_stage_serves_a_model_folder_itself(tiny_vlm, tmp_path):

@@ -6,21 +6,25 @@ byte-level BPE tokenizer, a chat template) trained as a chat model on exactly th
 answering in the JSON the judge parses. The answers are the exact checker's (judges/checker_model.py, the same
 function the checker server answers with), so the checker is the teacher and the VLM imitates it imperfectly.
 
-Training images, all for *train-split* prompts only (held-out prompts are the evaluation):
+Training images, all for *train-split* prompts only (held-out prompts are the evaluation; shapes/vlm_data.py builds
+the examples):
 - renders of the prompt's scene (clean, or degraded like a small model's samples: blur, noise, color shift),
 - renders of a scene one concept away (misaligned), restricted to train-split scenes,
 - the tiny text-to-image model's own samples (data/models/shapes-countnoise-all through the generate stage).
 Each step is one task's batch; only the answer tokens are in the loss.
 
-    python -m autofeedback.shapes.vlm_recipe --out data/models/shapes-vlm         # ~15-20 min, 1-2 CPU cores
-    python -m autofeedback.shapes.vlm_recipe --out /tmp/v --steps 20 --t2i-per-prompt 0 --per-prompt 2   # smoke
+    python -m autofeedback.shapes.vlm_recipe --out data/models/shapes-vlm         # the shipped model, ~27 min, 1 core
+    python -m autofeedback.shapes.vlm_recipe --schedule single --out /tmp/v --steps 20 --t2i-per-prompt 0   # one run
+
+The shipped model is the `shipped` schedule (the default): three runs, each continuing the one before
+(SCHEDULE below: a plain start, then checklist rationales with the verdict weighted 3x, then a task mix weighted
+toward the pointwise verdicts). Each run's model is kept in --work/stage-K, so a killed schedule resumes at the first
+unfinished run. `--schedule single` is one run with your own flags (what each stage of the schedule is).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import sys
 import time
@@ -28,208 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..judges import checker_model, parsing
-from ..judges.templates import Template
-from ..shapes import checker
+from ..judges import parsing
 from . import vlm_model as vm
-from .suite import split_of, suite_records
-from .world import COUNTS, PALETTE, SHAPES, Scene, degrade, render
-
-TASKS = {  # task -> (template, weight, images per request)
-    "pointwise_binary": ("pointwise_binary.v1", 0.30, 1),
-    "pairwise": ("pairwise.v1", 0.24, 2),
-    "pointwise_score": ("pointwise_score.v1", 0.12, 1),
-    "vqa": ("vqa.v1", 0.12, 1),
-    "caption": ("caption.v1", 0.11, 1),
-    "listwise": ("listwise.v1", 0.11, 4),
-}
-MODE = {"pointwise_binary": "pointwise", "pointwise_score": "pointwise", "pairwise": "pairwise",
-        "listwise": "listwise", "caption": "caption", "vqa": "vqa"}
-
-
-# ------------------------------------------------------------------------------------------------ data
-def neighbours(scene: Scene) -> list[Scene]:
-    """Train-split scenes one concept away from `scene`."""
-    out = []
-    for field, values in (("count", COUNTS), ("color", list(PALETTE)), ("shape", SHAPES),
-                          ("background", list(PALETTE))):
-        for v in values:
-            if v == getattr(scene, field):
-                continue
-            try:
-                other = Scene(**{**scene.metadata(), field: v})
-            except ValueError:
-                continue
-            if split_of(other) == "train":
-                out.append(other)
-    return out
-
-
-def t2i_samples(model: str, work: Path, per_prompt: int, seed: int, log) -> dict[str, list]:
-    """The tiny T2I model's samples of the train prompts (the generate stage; resumable in `work`)."""
-    from .. import generate, tables
-    from ..config import GenerateConfig
-    from ..images import decode_image
-
-    if per_prompt <= 0:
-        return {}
-    cfg = GenerateConfig(run_dir=work, model=model, prompts="shapes", split="train", images_per_prompt=per_prompt,
-                         guidance=1.5, seed=seed, progress=False)
-    summary = generate.run(cfg)
-    log(f"t2i samples: {summary}")
-    table = tables.read(tables.table_path(work, "images"), "images", columns=["prompt", "image"]).to_pylist()
-    out: dict[str, list] = {}
-    for row in table:
-        out.setdefault(row["prompt"], []).append(_pil(decode_image(row["image"]["bytes"])))
-    return out
-
-
-def _pil(arr):
-    from PIL import Image
-
-    return arr if isinstance(arr, Image.Image) else Image.fromarray(np.asarray(arr)).convert("RGB")
-
-
-def image_pool(records: list[dict], per_prompt: int, degraded: float, wrong: int, samples: dict, seed: int) -> dict:
-    """prompt -> list of (image, checker verdict); every image judged by the exact checker."""
-    rng = np.random.default_rng(seed)
-    pool = {}
-    for rec in records:
-        scene = Scene(**rec["metadata"])
-        imgs = []
-        for _ in range(per_prompt):
-            img = render(scene, int(rng.integers(2**31)))
-            imgs.append(degrade(img, rng) if rng.random() < degraded else img)
-        near = neighbours(scene)
-        for k in rng.choice(len(near), size=min(wrong, len(near)), replace=False):
-            img = render(near[int(k)], int(rng.integers(2**31)))
-            imgs.append(degrade(img, rng) if rng.random() < degraded else img)
-        imgs += samples.get(rec["prompt"], [])
-        pool[rec["prompt"]] = [(img, checker.check(np.asarray(img), scene)) for img in imgs]
-    return pool
-
-
-def _url(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def request(task: str, rec: dict, images: list) -> dict:
-    """The OpenAI chat request the judge sends for this task (judges/vlm.py _messages, built-in template)."""
-    from ..judge import vqa_questions
-
-    tpl = Template.load(TASKS[task][0], MODE[task])
-    unit = {"prompt": rec["prompt"], "images": images}
-    if task == "vqa":
-        unit["questions"] = vqa_questions(rec["prompt"], rec["metadata"], "shapes")
-    content = [{"type": "text", "text": tpl.render(unit)}] + [
-        {"type": "image_url", "image_url": {"url": _url(img)}} for img in images]
-    msgs = ([{"role": "system", "content": tpl.system}] if tpl.system else []) + [{"role": "user", "content": content}]
-    return {"model": "shapes-vlm", "messages": msgs, "response_format": parsing.response_format(task)}
-
-
-class _NoBias:
-    position_bias = 0.0
-    rng = None
-
-
-def pick(task: str, pool: list, rng: np.random.Generator) -> list:
-    """Images of one prompt for a task: pointwise balanced between checker-aligned and not; pairs mostly differ."""
-    n = TASKS[task][2]
-    if task in ("pointwise_binary", "pointwise_score", "vqa", "caption"):
-        good = [p for p in pool if p[1].aligned]
-        bad = [p for p in pool if not p[1].aligned]
-        side = good if (good and (not bad or rng.random() < 0.5)) else bad
-        return [side[int(rng.integers(len(side)))][0]]
-    idx = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
-    if task == "pairwise" and rng.random() < 0.7:  # mostly pairs the checker can tell apart
-        a = int(idx[0])
-        others = [i for i in range(len(pool)) if pool[i][1].score != pool[a][1].score]
-        if others:
-            idx = [a, others[int(rng.integers(len(others)))]]
-            if rng.random() < 0.5:
-                idx = idx[::-1]
-    return [pool[int(i)][0] for i in idx]
-
-
-def checklist(image, scene: Scene) -> str:
-    """A pointwise rationale that makes the verdict a local step: per concept, what the checker read, what the prompt
-    asks, ok or wrong ("count 3 asked 3 ok; color red asked red ok; ..."). The judge keeps rationales as text."""
-    verdict = checker.check(np.asarray(image), scene)
-    seen, asked = verdict.observed(), {k: str(v) for k, v in scene.metadata().items()}
-    return "; ".join(f"{c} {seen[c] or 'none'} asked {asked[c]} {'ok' if verdict.correct[c] else 'wrong'}"
-                     for c in checker.CONCEPTS)
-
-
-def example(task: str, rec: dict, images: list, checklists: bool = False) -> tuple[list[dict], list, str]:
-    """(chat messages, images, the checker's answer text) for one training example; with `checklists`, pointwise
-    rationales are per-concept checklists (checklist()) instead of the checker server's description."""
-    req = request(task, rec, images)
-    answer = checker_model.answer(req, None, _NoBias())["choices"][0]["message"]["content"]
-    if checklists and task in ("pointwise_binary", "pointwise_score"):
-        payload = json.loads(answer)
-        payload["rationale"] = checklist(images[0], Scene(**rec["metadata"]))
-        answer = json.dumps(payload)
-    msgs, imgs = vm.chat_messages(req["messages"])
-    return msgs, imgs, answer
-
-
-def encode(processor, batch: list[tuple[list[dict], list, str]], verdict_weight: float = 1.0):
-    """Right-padded input_ids / labels (answer tokens only) / loss weights / pixel_values for one training batch.
-    The tokens after the rationale (the verdict: aligned, score, choice, ranking) weigh `verdict_weight`: one or two
-    tokens of ~20 decide the judgment, and the description before them is easy to learn by copying the prompt."""
-    import torch
-
-    tok = processor.tokenizer
-    seqs, labels, weights, pixels = [], [], [], []
-    for msgs, imgs, answer in batch:
-        prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        enc = processor(text=[prompt], images=imgs, return_tensors="pt")
-        cut = answer.rfind('", "') + 2 if answer.startswith('{"rationale"') else len(answer)
-        # the byte-level pre-tokenizer splits before the space, so the two halves tokenize as the whole does
-        head = tok(answer[:cut], add_special_tokens=False).input_ids
-        tail = tok(answer[cut:] + vm.END, add_special_tokens=False).input_ids
-        ids = enc.input_ids[0].tolist()
-        seqs.append(ids + head + tail)
-        labels.append([-100] * len(ids) + head + tail)
-        weights.append([0.0] * len(ids) + [1.0] * len(head) + [verdict_weight] * len(tail))
-        pixels.append(enc.pixel_values)
-    width = max(map(len, seqs))
-    pad = tok.pad_token_id
-    input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-    lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
-    w = torch.tensor([x + [0.0] * (width - len(x)) for x in weights])
-    return {"input_ids": input_ids, "attention_mask": attn, "labels": lab, "weights": w,
-            "pixel_values": torch.cat(pixels)}
-
-
-def weighted_loss(model, batch: dict):
-    """Next-token cross-entropy on the answer tokens, weighted per token."""
-    import torch
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"]).logits[:, :-1]
-    labels, w = batch["labels"][:, 1:], batch["weights"][:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                           ignore_index=-100, reduction="none").view_as(w)
-    return (ce * w).sum() / w.sum()
-
-
-def corpus(records: list[dict], rng: np.random.Generator) -> list[str]:
-    """Texts for the tokenizer: every task's request text and checker answers on a few renders."""
-    texts = []
-    for rec in records[::3]:
-        scene = Scene(**rec["metadata"])
-        imgs = [render(scene, int(rng.integers(2**31))) for _ in range(4)]
-        for task in TASKS:
-            req = request(task, rec, imgs[:TASKS[task][2]])
-            texts += [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"]
-                      for m in req["messages"]]
-            texts.append(checker_model.answer(req, None, _NoBias())["choices"][0]["message"]["content"])
-    return texts
-
+from .suite import suite_records
+from .vlm_data import TASKS, corpus, encode, example, image_pool, neighbours, pick, t2i_samples, weighted_loss
+from .world import Scene, degrade, render
 
 # ------------------------------------------------------------------------------------------------ train
 def train(model, processor, records, pool, steps: int, batch: int, lr: float, seed: int, log,
@@ -345,7 +152,8 @@ answer = processor.decode(model.generate(**inputs, max_new_tokens=100)[0, inputs
 ## Training
 
 `{command}` ({seconds:.0f} s, torch {torch}, {threads} CPU thread(s)). {steps} steps of {batch} chat examples, one
-task per step (weights: pointwise yes/no 0.30, pairwise 0.24, score 0.12, VQA 0.12, caption 0.11, listwise 0.11);
+task per step (default weights: pointwise yes/no 0.30, pairwise 0.24, score 0.12, VQA 0.12, caption 0.11,
+listwise 0.11; a run's --task-weights replaces them);
 the loss is on the answer tokens only. The answers are the exact shapes checker's, produced by the same function
 that answers for `autofeedback serve-checker` (autofeedback/judges/checker_model.py): this model imitates the
 checker, imperfectly. {train_images} training images, all for the 270 **train-split** prompts (the 90 held-out
@@ -378,6 +186,8 @@ def write_card(out: Path) -> Path:
         chain.insert(0, r)
         r = r.get("init_recipe")
     command = "` then `".join(r["command"] for r in chain)
+    if info.get("schedule_command"):
+        command = f"{info['schedule_command']}`, {len(chain)} runs each continuing the one before: `{command}"
     info = {**info, "seconds": sum(r["seconds"] for r in chain), "steps": " + ".join(str(r["steps"]) for r in chain)}
     text = CARD.format(out=info["out"], params=params, vocab=vocab, command=command, q_train=q["train"]["agreement"],
                        q_heldout=q["heldout"]["agreement"], q_n=q["train"]["n"], t2i=info["t2i_per_prompt"],
@@ -399,36 +209,116 @@ def _shapes(path: Path) -> list[list[int]]:
     return [v["shape"] for k, v in header.items() if k != "__metadata__"]
 
 
-def main(argv: list[str] | None = None) -> None:
+# The shipped model's schedule: each stage is one run with these flags, the next one continuing it (--init-from).
+SCHEDULE = (
+    ["--steps", "1200", "--vision-lr-scale", "0"],
+    ["--steps", "500", "--lr", "1e-3", "--verdict-weight", "3", "--vision-lr-scale", "0", "--checklists"],
+    ["--steps", "800", "--lr", "1e-3", "--verdict-weight", "3", "--vision-lr-scale", "0", "--checklists",
+     "--task-weights", "pointwise_binary=0.5,pointwise_score=0.2,pairwise=0.1,vqa=0.05,caption=0.05,listwise=0.1"],
+)
+# One run's own flags (the schedule sets them per stage) and their defaults in a single run.
+STAGE_FLAGS = {"steps": 1200, "lr": 2e-3, "vision_lr_scale": 0.3, "verdict_weight": 1.0, "checklists": False,
+               "task_weights": "", "init_from": None}
+
+
+# The flags every stage of a schedule shares (the data, the architecture, the machine).
+SHARED_FLAGS = ("clip", "t2i_model", "t2i_per_prompt", "work", "per_prompt", "wrong", "degraded", "batch", "hidden",
+                "layers", "vocab", "seed", "threads", "eval_n")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--schedule", choices=("shipped", "single"), default="shipped",
+                    help="shipped: the three runs that made data/models/shapes-vlm (their flags are fixed); "
+                         "single: one run with the flags given")
+    ap.add_argument("--steps-scale", type=float, default=1.0,
+                    help="shipped schedule: run each stage for this share of its steps (a quick try; the shipped "
+                         "model is 1)")
     ap.add_argument("--clip", default="data/models/shapes-clip", help="shapes-CLIP folder (the vision tower)")
     ap.add_argument("--t2i-model", default="data/models/shapes-countnoise-all", help="the tiny T2I model")
     ap.add_argument("--t2i-per-prompt", type=int, default=2, help="its samples per train prompt (0: none)")
-    ap.add_argument("--work", type=Path, default=Path("runs/shapes-vlm-recipe"), help="where its samples are kept")
+    ap.add_argument("--work", type=Path, default=Path("runs/shapes-vlm-recipe"),
+                    help="where its samples and the schedule's intermediate models are kept")
     ap.add_argument("--per-prompt", type=int, default=6, help="renders of each train prompt's scene")
     ap.add_argument("--wrong", type=int, default=4, help="renders of scenes one concept away, per train prompt")
     ap.add_argument("--degraded", type=float, default=0.6, help="share of renders that are degraded")
-    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=192)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--vision-lr-scale", type=float, default=0.3,
-                    help="the vision tower's learning rate as a share of --lr (0: shapes-CLIP frozen)")
-    ap.add_argument("--verdict-weight", type=float, default=1.0,
-                    help="loss weight of the answer's verdict tokens (after the rationale)")
-    ap.add_argument("--checklists", action="store_true",
-                    help="pointwise rationales as per-concept checklists (seen / asked / ok), so the verdict is local")
-    ap.add_argument("--task-weights", default="", help="TASK=W,... overrides of the task mix (e.g. pairwise=0)")
-    ap.add_argument("--init-from", type=Path, default=None,
-                    help="continue training a shapes-VLM folder (its tokenizer, processor and weights)")
     ap.add_argument("--eval-n", type=int, default=96, help="fresh renders per split for the recorded quick check")
-    args = ap.parse_args(argv)
+    # one run's own flags: None = not given (the schedule refuses them; a single run takes STAGE_FLAGS' default)
+    ap.add_argument("--steps", type=int, default=None, help="single: training steps (default 1200)")
+    ap.add_argument("--lr", type=float, default=None, help="single: learning rate (default 2e-3)")
+    ap.add_argument("--vision-lr-scale", type=float, default=None,
+                    help="single: the vision tower's learning rate as a share of --lr (default 0.3; 0: shapes-CLIP "
+                         "frozen)")
+    ap.add_argument("--verdict-weight", type=float, default=None,
+                    help="single: loss weight of the answer's verdict tokens (after the rationale; default 1)")
+    ap.add_argument("--checklists", action="store_true", default=None,
+                    help="single: pointwise rationales as per-concept checklists (seen / asked / ok), so the verdict "
+                         "is local")
+    ap.add_argument("--task-weights", default=None, help="single: TASK=W,... overrides of the task mix (e.g. pairwise=0)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="single: continue training a shapes-VLM folder (its tokenizer, processor and weights)")
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.schedule == "single":
+        train_one(with_defaults(args), "python -m autofeedback.shapes.vlm_recipe " + " ".join(argv))
+        return
+    given = [f"--{k.replace('_', '-')}" for k in STAGE_FLAGS if getattr(args, k) is not None]
+    if given:
+        ap.error(f"{', '.join(given)}: the shipped schedule sets these per stage (SCHEDULE in this module); "
+                 f"use --schedule single to train one run with your own")
+    run_schedule(args, argv)
+
+
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """A single run's namespace: the stage flags not given take STAGE_FLAGS' defaults."""
+    for key, default in STAGE_FLAGS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return args
+
+
+def run_schedule(args: argparse.Namespace, argv: list[str]) -> None:
+    """The shipped schedule: SCHEDULE's runs in order, each from the one before; resumes at the first unfinished."""
+    ap = parser()
+    shared = [item for key in SHARED_FLAGS if getattr(args, key) != ap.get_default(key)
+              for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
+    previous = None
+    for k, flags in enumerate(SCHEDULE, 1):
+        flags = list(flags)
+        if args.steps_scale != 1.0:
+            i = flags.index("--steps") + 1
+            flags[i] = str(max(1, round(int(flags[i]) * args.steps_scale)))
+        out = args.out if k == len(SCHEDULE) else args.work / f"stage-{k}"
+        stage_argv = ["--schedule", "single", "--out", str(out), *shared, *flags,
+                      *(["--init-from", str(previous)] if previous else [])]
+        done = out / "recipe.json"
+        if done.exists() and json.loads(done.read_text()).get("argv") == stage_argv:
+            print(f"stage {k}/{len(SCHEDULE)}: {out} is done (resumed)", flush=True)
+        else:
+            print(f"stage {k}/{len(SCHEDULE)}: python -m autofeedback.shapes.vlm_recipe {' '.join(stage_argv)}",
+                  flush=True)
+            stage = with_defaults(parser().parse_args(stage_argv))
+            schedule = {"schedule_command": "python -m autofeedback.shapes.vlm_recipe " + " ".join(argv),
+                        "stage": f"{k}/{len(SCHEDULE)}"}
+            train_one(stage, "python -m autofeedback.shapes.vlm_recipe " + " ".join(stage_argv), stage_argv,
+                      extra=schedule)
+        previous = out
+
+
+def train_one(args: argparse.Namespace, command: str, argv: list[str] | None = None, extra: dict | None = None) -> None:
+    """One run: build (or --init-from) the model, train it on the image pool, save it with recipe.json and its card."""
     import torch
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
     from transformers.utils import logging as hf_logging
@@ -474,14 +364,13 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "recipe.json").write_text(json.dumps({
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "train_images": n_img, "train_images_aligned": round(float(share), 4), "quick_eval": quality,
-        "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-        "command": "python -m autofeedback.shapes.vlm_recipe " + " ".join(sys.argv[1:] if argv is None else argv),
+        "seconds": round(time.time() - t0, 1), "torch": torch.__version__, "command": command,
+        **({"argv": argv} if argv else {}), **(extra or {}),
         **({"init_recipe": json.loads((args.init_from / "recipe.json").read_text())}
            if args.init_from and (args.init_from / "recipe.json").exists() else {}),
     }, indent=2) + "\n")
     write_card(args.out)
     log(f"saved {args.out}")
-
 
 if __name__ == "__main__":
     main()
