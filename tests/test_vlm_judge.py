@@ -317,7 +317,8 @@ def test_recipe_smoke_builds_a_loadable_folder(tmp_path):
 
     out = tmp_path / "vlm"
     vlm_recipe.main(["--schedule", "single", "--out", str(out), "--steps", "3", "--t2i-per-prompt", "0",
-                     "--per-prompt", "1", "--wrong", "1", "--hidden", "32", "--layers", "1", "--vocab", "500", "--eval-n", "4", "--batch", "4",
+                     "--per-prompt", "1", "--wrong", "1", "--hidden", "32", "--layers", "1", "--vocab", "500",
+                     "--eval-n", "4", "--batch", "4",
                      "--clip", str(REPO / "data" / "models" / "shapes-clip")])
     model = LlavaForConditionalGeneration.from_pretrained(out)
     proc = AutoProcessor.from_pretrained(out)

@@ -261,7 +261,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--checklists", action="store_true", default=None,
                     help="single: pointwise rationales as per-concept checklists (seen / asked / ok), so the verdict "
                          "is local")
-    ap.add_argument("--task-weights", default=None, help="single: TASK=W,... overrides of the task mix (e.g. pairwise=0)")
+    ap.add_argument("--task-weights", default=None,
+                    help="single: TASK=W,... overrides of the task mix (e.g. pairwise=0)")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="single: continue training a shapes-VLM folder (its tokenizer, processor and weights)")
     return ap
