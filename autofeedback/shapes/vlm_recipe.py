@@ -13,7 +13,7 @@ the examples):
 - the tiny text-to-image model's own samples (data/models/shapes-countnoise-all through the generate stage).
 Each step is one task's batch; only the answer tokens are in the loss.
 
-    python -m autofeedback.shapes.vlm_recipe --out data/models/shapes-vlm         # the shipped model, ~27 min, 1 core
+    python -m autofeedback.shapes.vlm_recipe --out data/models/shapes-vlm         # the shipped model, ~30 min, 1 thread
     python -m autofeedback.shapes.vlm_recipe --schedule single --out /tmp/v --steps 20 --t2i-per-prompt 0   # one run
 
 The shipped model is the `shipped` schedule (the default): three runs, each continuing the one before
