@@ -360,6 +360,11 @@ def test_recipe_schedule_is_one_command_that_resumes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         vlm_recipe.main(["--out", str(out), "--steps", "5"])
     assert "--steps: the shipped schedule sets these per stage" in capsys.readouterr().err
+    for bad, message in ((["--steps-scale", "0"], "--steps-scale 0.0: must be > 0"),
+                         (["--schedule", "single", "--steps-scale", "0.5"], "with --schedule single give --steps")):
+        with pytest.raises(SystemExit):
+            vlm_recipe.main(["--out", str(out), *bad])
+        assert message in capsys.readouterr().err
 
 
 def test_judge_stage_serves_a_model_folder_itself(tiny_vlm, tmp_path):

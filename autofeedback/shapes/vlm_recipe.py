@@ -272,7 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = parser()
     args = ap.parse_args(argv)
+    if args.steps_scale <= 0:
+        ap.error(f"--steps-scale {args.steps_scale}: must be > 0 (1 is the shipped schedule)")
     if args.schedule == "single":
+        if args.steps_scale != 1.0:
+            ap.error("--steps-scale scales the shipped schedule; with --schedule single give --steps")
         train_one(with_defaults(args), "python -m autofeedback.shapes.vlm_recipe " + " ".join(argv))
         return
     given = [f"--{k.replace('_', '-')}" for k in STAGE_FLAGS if getattr(args, k) is not None]
