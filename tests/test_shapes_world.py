@@ -148,3 +148,15 @@ def test_pretraining_set_of_all_prompts_matches_a_base_pretrained_on_all(tmp_pat
     seen = {splits[r["prompt_id"]] for r in rows}
     assert seen == {"train", "heldout"}
     assert set(splits) == {r["prompt_id"] for r in rows}  # every caption's prompt is in the prompts table
+
+
+def test_recipe_unet_width_sets_the_unets_channels(tmp_path):
+    from autofeedback.shapes import recipe
+
+    tokenizer = recipe.write_tokenizer(tmp_path / "tokenizer")
+    _, _, default = recipe.build_models(tokenizer)
+    _, _, wide = recipe.build_models(tokenizer, unet_width=64)
+    assert tuple(default.config.block_out_channels) == (48, 96)
+    assert tuple(wide.config.block_out_channels) == (64, 128)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 1.5 < n(wide) / n(default) < 2.0  # ~(64/48)^2

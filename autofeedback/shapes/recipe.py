@@ -96,8 +96,8 @@ def write_tokenizer(out: Path):
     return tok
 
 
-def build_models(tokenizer):
-    """The architecture, from config (random weights)."""
+def build_models(tokenizer, unet_width: int = 48):
+    """The architecture, from config (random weights); the UNet's blocks have unet_width and 2 x unet_width channels."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -115,7 +115,7 @@ def build_models(tokenizer):
     )
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(48, 96),
+        block_out_channels=(unet_width, 2 * unet_width),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64, attention_head_dim=4, norm_num_groups=16,
@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-steps", type=int, default=1000)
     ap.add_argument("--unet-steps", type=int, default=750)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--unet-width", type=int, default=48,
+                    help="channels of the UNet's first block (the second has twice); a multiple of 16")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     # 1. Tokenizer and architecture.
     tok_dir = args.out / "tokenizer"
     tokenizer = write_tokenizer(tok_dir)
-    text_encoder, vae, unet = build_models(tokenizer)
+    text_encoder, vae, unet = build_models(tokenizer, args.unet_width)
     if args.init_from:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
