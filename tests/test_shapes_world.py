@@ -160,3 +160,5 @@ def test_recipe_unet_width_sets_the_unets_channels(tmp_path):
     assert tuple(wide.config.block_out_channels) == (64, 128)
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert 1.5 < n(wide) / n(default) < 2.0  # ~(64/48)^2
+    with pytest.raises(SystemExit):  # the group norms need a multiple of 16: a clear error, not a diffusers trace
+        recipe.main(["--out", str(tmp_path / "m"), "--unet-width", "40"])

@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="reuse this pipeline's VAE (and latent scaling) instead of training one, e.g. "
                          "data/models/shapes-tiny: the renders are the same with or without caption noise")
     args = ap.parse_args(argv)
+    if args.unet_width <= 0 or args.unet_width % 16:
+        ap.error(f"--unet-width must be a positive multiple of 16 (the UNet's group norms), got {args.unet_width}")
     fields = tuple(f.strip() for f in args.noisy_fields.split(",") if f.strip())
     if not 0.0 <= args.caption_noise <= 1.0:
         ap.error(f"--caption-noise must be in [0, 1], got {args.caption_noise}")
