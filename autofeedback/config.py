@@ -135,6 +135,8 @@ class DiffusionTrainConfig(StageConfig):
                                                         "prompt's words, e.g. its count, become conditioning")
     text_encoder_lr: float | None = Field(None, gt=0, description="learning rate of the text encoder with "
                                                                   "--train-text-encoder (default: --lr)")
+    interpolate: float = Field(1.0, gt=0, le=1, description="save base + this x (tuned - base), UNet and text encoder "
+                                                            "(WiSE-FT; full fine-tune only; 1 = the tuned weights)")
 
 
 class TrainConfig(DiffusionTrainConfig):
@@ -239,8 +241,7 @@ STEP_CONFIGS: dict[str, type[StageConfig]] = {}  # filled at the end of this mod
 
 class PipelineConfig(StageConfig):
     run_dir: Path = Field(description="run directory of the whole pipeline (relative to base_dir)")
-    base_dir: Path = Field(Path("."), description="relative paths in this file are relative to this folder, "
-                                                  "itself relative to the YAML file")
+    base_dir: Path = Field(Path("."), description="relative paths here are relative to this folder (itself to the YAML)")
     steps: list[dict] = Field(description="stages in order, each {stage_name: {settings}}; run_dir is filled in")
     summary: SummaryConfig = Field(default_factory=SummaryConfig, description="the alignment table at the end")
 
@@ -304,8 +305,7 @@ class EvalConfig(StageConfig):
     html: bool = Field(True, description="write report/report.html")
     grid: int = Field(8, ge=1, le=64, description="images per grid in the report")
     wait: bool = Field(False, description="if another command is writing to RUN, wait for it instead of exiting")
-    progress: bool = Field(True, description="show a progress bar over the eval steps with ETA on stderr (when it is "
-                                             "a terminal)")
+    progress: bool = Field(True, description="show a progress bar over the eval steps with ETA on stderr (a terminal)")
     # judge ensembles and calibration (issue #10; autofeedback/eval/ensembles.py, autofeedback/ensemble.py)
     ensemble: list[Literal["zmean", "rankmean", "vote", "learned", "logistic"]] = Field(
         default_factory=list, description="combine the pointwise judges per item: zmean (mean z-score), rankmean "

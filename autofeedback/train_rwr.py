@@ -20,6 +20,7 @@ The regularizer keeps the model close to its pre-training distribution: Lee et a
 pre-training data; by default here it is the run's own images (the base model's samples), unweighted,
 or any images table given with --reg-images (e.g. a reference set). The anchor ties the model's
 predictions on those images to the reference model's (--anchor-model, default the model itself).
+--interpolate A saves base + A * (tuned - base) (WiSE-FT; training.blend): the main job saves A = 0.7.
 """
 
 from __future__ import annotations

@@ -215,6 +215,9 @@ def setup(cfg, need_reference: bool) -> Setup:
         raise InputError("--train-text-encoder needs a full fine-tune (--lora-rank 0)")
     if cfg.text_encoder_lr is not None and not cfg.train_text_encoder:
         raise InputError("--text-encoder-lr sets the text encoder's learning rate: it needs --train-text-encoder")
+    if getattr(cfg, "interpolate", 1.0) < 1 and cfg.lora_rank > 0:
+        raise InputError("--interpolate blends the tuned weights with the base's: it needs a full fine-tune "
+                         "(--lora-rank 0)")
     if need_reference and ref_model:
         from diffusers import UNet2DConditionModel
 
@@ -352,6 +355,22 @@ def changes(unet, watch: dict) -> dict:
             "frozen_changed": len(frozen_changed), "trainable_names_sample": sorted(watch["trainable"])[:3]}
 
 
+def blend(model, base: dict, alpha: float) -> None:
+    """WiSE-FT (Wortsman et al. 2022), in place: every floating-point weight <- base + alpha * (tuned - base).
+    Keeps most of a fine-tune's gain and less of its forgetting (docs/experiments.md, session 13)."""
+    import torch
+
+    with torch.no_grad():
+        for name, w in model.state_dict().items():
+            if w.is_floating_point():
+                w.copy_(torch.lerp(base[name].to(w.device, w.dtype), w, alpha))
+
+
+def _base_state(model, path: str, subfolder: str) -> dict:
+    """The starting pipeline's weights of one component, read again from disk (no copy is held while training)."""
+    return type(model).from_pretrained(path, subfolder=subfolder).state_dict()
+
+
 def finish(cfg, s: Setup, history: list[dict]) -> dict:
     """Save the weights (LoRA for load_lora_weights, or a full pipeline) and train.json."""
     if s.bar is not None:
@@ -365,6 +384,13 @@ def finish(cfg, s: Setup, history: list[dict]) -> dict:
         model = s.accelerator.unwrap_model(s.unet)
         if s.watch is not None and history:
             summary["parameters"] = changes(model, s.watch)
+        alpha = getattr(cfg, "interpolate", 1.0)
+        if alpha < 1:  # the checkpoints keep the tuned weights: a resumed run blends again from them
+            blend(model, _base_state(model, cfg.model, "unet"), alpha)
+            if s.train_text_encoder:
+                te = s.accelerator.unwrap_model(s.text_encoder)
+                blend(te, _base_state(te, cfg.model, "text_encoder"), alpha)
+            summary["interpolate"] = alpha
         if cfg.lora_rank > 0:
             from diffusers import StableDiffusionPipeline
             from diffusers.utils import convert_state_dict_to_diffusers
