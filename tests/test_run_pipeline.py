@@ -56,6 +56,7 @@ def test_main_job_small_runs_the_whole_loop_then_rerun_does_nothing(tmp_path):
     # training images come from train prompts only
     train = json.loads((run_dir / "rwr" / "train.json").read_text())
     assert train["config"]["split"] == "train" and train["config"]["train_text_encoder"] is True
+    assert train["config"]["interpolate"] == 0.7 and train["interpolate"] == 0.7  # saved: base + 0.7 (tuned - base)
     n_images = tables.read(run_dir / "images.parquet", "images").num_rows
     assert n_images == 3 * 8 * 4
     again = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
