@@ -215,7 +215,7 @@ def setup(cfg, need_reference: bool) -> Setup:
         raise InputError("--train-text-encoder needs a full fine-tune (--lora-rank 0)")
     if cfg.text_encoder_lr is not None and not cfg.train_text_encoder:
         raise InputError("--text-encoder-lr sets the text encoder's learning rate: it needs --train-text-encoder")
-    if getattr(cfg, "interpolate", 1.0) < 1 and cfg.lora_rank > 0:
+    if cfg.interpolate < 1 and cfg.lora_rank > 0:
         raise InputError("--interpolate blends the tuned weights with the base's: it needs a full fine-tune "
                          "(--lora-rank 0)")
     if need_reference and ref_model:
@@ -384,7 +384,7 @@ def finish(cfg, s: Setup, history: list[dict]) -> dict:
         model = s.accelerator.unwrap_model(s.unet)
         if s.watch is not None and history:
             summary["parameters"] = changes(model, s.watch)
-        alpha = getattr(cfg, "interpolate", 1.0)
+        alpha = cfg.interpolate
         if alpha < 1:  # the checkpoints keep the tuned weights: a resumed run blends again from them
             blend(model, _base_state(model, cfg.model, "unet"), alpha)
             if s.train_text_encoder:
