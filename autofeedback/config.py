@@ -19,7 +19,6 @@ class StageConfig(BaseModel):
 
 def name_values(items, flag: str, form: str, example: str, convert=str, split=str.partition) -> dict:
     """NAME=VALUE strings (the CLI's repeatable flags; a YAML list) -> {NAME: VALUE}; a mapping passes through.
-
     Shared by YAML and the CLI: the config's field validators call it, so both read the same syntax."""
     if isinstance(items, dict) or items is None:
         return items
@@ -68,6 +67,8 @@ class GenerateConfig(StageConfig):
     negative_prompt: str | None = Field(None, description="negative prompt for every image")
     flush_every: int = Field(64, ge=1, description="write a shard at least every N images (the resume granularity)")
     progress: bool = Field(True, description="show a progress bar")
+    top_up: str | None = Field(None, description="only prompts none of whose images here this judge calls aligned "
+                               "(rejection sampling's top-up: -n 4, judge, -n 8 --top-up shapes: 4 more where 4 failed)")
 
 
 class JudgeConfig(StageConfig):
@@ -142,8 +143,7 @@ class DiffusionTrainConfig(StageConfig):
 class TrainConfig(DiffusionTrainConfig):
     """The trainers on a fixed dataset (train dpo, rwr): optimizer steps over the run's tables."""
     steps: int = Field(200, ge=1, description="optimizer steps")
-    checkpoint_every: int = Field(50, ge=0, description="save a resumable checkpoint every N steps and at the end "
-                                                        "(0 = off)")
+    checkpoint_every: int = Field(50, ge=0, description="a resumable checkpoint every N steps and at the end (0: off)")
     log_every: int = Field(10, ge=1, description="print every N steps")
     uncond_prob: float = Field(0.0, ge=0, le=1, description="train with the empty prompt this often (keeps the "
                                                             "unconditional branch classifier-free guidance uses in step)")

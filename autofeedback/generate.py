@@ -9,6 +9,8 @@ Resume:  image_id = hash(model fingerprint, prompt_id, seed, sampler settings, L
          Each image's seed is derived from (base seed, prompt_id, index) and recorded: same seed, same pixels,
          whatever the batch or the number of processes (for the same torch build, device and thread count:
          float reductions may round differently across those).
+Top-up:  --top-up JUDGE plans only the prompts none of whose images (of this plan) the judge calls aligned:
+         after `-n 4` and a judge, `-n 8 --top-up shapes` draws 4 more images for the prompts whose 4 all failed.
 Scale:   under `accelerate launch` (processes, GPUs, nodes) the batches left to do are dealt round-robin
          to the processes; each writes its own shards (tagged with its rank), which read as one table.
 """
@@ -200,6 +202,8 @@ def run(cfg: GenerateConfig) -> dict:
             tables.clean_temp(images_path)
         # 2. What is left to do (every rank computes the same list before anyone writes).
         planned = plan(cfg, prompt_table, fingerprint, size)
+        if cfg.top_up:
+            planned = _without_aligned(planned, cfg)
         done = tables.read_keys(images_path, "images")
         todo = [t for t in planned if t["image_id"] not in done]
         if state:
@@ -251,6 +255,23 @@ def run(cfg: GenerateConfig) -> dict:
         if rank == 0:
             tables.compact(images_path, "images")
     return summary
+
+
+def _without_aligned(planned: list[dict], cfg: GenerateConfig) -> list[dict]:
+    """--top-up JUDGE: drop the prompts one of whose planned images the judge has called aligned.
+
+    Deterministic under resume in a pipeline (generate, judge, generate --top-up, judge): the decision reads the
+    verdicts on the first draws, and the top-up's own draws are judged only after it has finished."""
+    path = tables.table_path(cfg.run_dir, "judgments")
+    rows = tables.read(path, "judgments", columns=["judge", "image_ids", "label"], required=False)
+    verdicts = [r for r in rows.to_pylist() if r["judge"] == cfg.top_up and len(r["image_ids"] or []) == 1
+                and r["label"] is not None]
+    if not verdicts:
+        raise InputError(f"--top-up {cfg.top_up}: {path} has no pointwise verdict of that judge: run "
+                         f"`autofeedback judge {cfg.run_dir} --judge {cfg.top_up}` on the first draws first")
+    aligned = {r["image_ids"][0] for r in verdicts if r["label"]}
+    served = {t["prompt_id"] for t in planned if t["image_id"] in aligned}
+    return [t for t in planned if t["prompt_id"] not in served]
 
 
 def _distributed(cpu: bool):

@@ -125,3 +125,44 @@ def test_same_shaped_weights_with_other_values_are_other_images(tmp_path, tiny_m
     assert weights.stat().st_size == (tiny_model / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     assert generate.model_fingerprint(str(other)) != generate.model_fingerprint(str(tiny_model))
     assert generate.model_fingerprint(str(tiny_model)) == generate.model_fingerprint(str(tiny_model))
+
+
+def test_top_up_draws_more_only_for_prompts_the_judge_found_no_aligned_image_for(tmp_path, tiny_model):
+    """--top-up JUDGE (rejection sampling's top-up, #18): after -n 2 and a judge, -n 4 adds 2 images to each prompt
+    whose first 2 all failed; a prompt with an aligned image gets none, and an unparseable verdict is not aligned."""
+    import pytest
+
+    from autofeedback.errors import InputError
+
+    generate.run(_cfg(tmp_path, tiny_model))  # 3 prompts x 2
+    with pytest.raises(InputError, match="autofeedback judge"):  # no verdicts yet: a clear error, nothing drawn
+        generate.run(_cfg(tmp_path, tiny_model, images_per_prompt=4, top_up="shapes"))
+    first = tables.read(tmp_path / "images.parquet", "images").to_pylist()
+    assert len(first) == 6
+    by_prompt: dict[str, list[str]] = {}
+    for r in first:
+        by_prompt.setdefault(r["prompt_id"], []).append(r["image_id"])
+    a, b, c = sorted(by_prompt)
+
+    def verdict(judge, img, label, status="ok"):
+        return {"request_id": tables.content_id(judge, img), "judge": judge, "mode": "pointwise",
+                "template": "t.v1@abc", "prompt_id": next(p for p, ids in by_prompt.items() if img in ids),
+                "image_ids": [img], "status": status, "label": label, "created_at": tables.now(), "details": "{}"}
+
+    rows = [verdict("shapes", by_prompt[a][0], False), verdict("shapes", by_prompt[a][1], True),  # a: served
+            verdict("shapes", by_prompt[b][0], False), verdict("shapes", by_prompt[b][1], False),  # b: both failed
+            verdict("shapes", by_prompt[c][0], False), verdict("shapes", by_prompt[c][1], None, "parse_error"),
+            verdict("other", by_prompt[c][0], True)]  # another judge's verdict does not count
+    tables.append(tables.table_path(tmp_path, "judgments"), rows, "judgments")
+
+    s = generate.run(_cfg(tmp_path, tiny_model, images_per_prompt=4, top_up="shapes"))
+    assert s["planned"] == 8 and s["new"] == 4 and s["skipped"] == 4  # b and c: 2 drawn before, 2 new each
+    after = tables.read(tmp_path / "images.parquet", "images").to_pylist()
+    count = {p: sum(r["prompt_id"] == p for r in after) for p in by_prompt}
+    assert count == {a: 2, b: 4, c: 4}
+    # the new images are the ones a plain -n 4 would draw (same seeds and IDs), so the top-up resumes like any run
+    plain = {t["image_id"] for t in generate.plan(_cfg(tmp_path, tiny_model, images_per_prompt=4),
+                                                  generate.prompts_mod.load("shapes", limit=3),
+                                                  generate.model_fingerprint(str(tiny_model)), (32, 32))}
+    assert {r["image_id"] for r in after} <= plain
+    assert generate.run(_cfg(tmp_path, tiny_model, images_per_prompt=4, top_up="shapes"))["new"] == 0
