@@ -263,9 +263,10 @@ def _without_aligned(planned: list[dict], cfg: GenerateConfig) -> list[dict]:
     Deterministic under resume in a pipeline (generate, judge, generate --top-up, judge): the decision reads the
     verdicts on the first draws, and the top-up's own draws are judged only after it has finished."""
     path = tables.table_path(cfg.run_dir, "judgments")
-    rows = tables.read(path, "judgments", columns=["judge", "image_ids", "label"], required=False)
-    verdicts = [r for r in rows.to_pylist() if r["judge"] == cfg.top_up and len(r["image_ids"] or []) == 1
-                and r["label"] is not None]
+    rows = tables.read(path, "judgments", columns=["judge", "mode", "image_ids", "label", "status"], required=False)
+    # the rows `train rwr --reward label` learns from: pointwise, status ok, with a label
+    verdicts = [r for r in rows.to_pylist() if r["judge"] == cfg.top_up and r["mode"] == "pointwise"
+                and r["status"] == "ok" and r["label"] is not None]
     if not verdicts:
         raise InputError(f"--top-up {cfg.top_up}: {path} has no pointwise verdict of that judge: run "
                          f"`autofeedback judge {cfg.run_dir} --judge {cfg.top_up}` on the first draws first")

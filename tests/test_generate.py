@@ -7,10 +7,12 @@ import time
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from autofeedback import generate, tables
 from autofeedback.config import GenerateConfig
+from autofeedback.errors import InputError
 
 from .conftest import REPO
 
@@ -130,10 +132,6 @@ def test_same_shaped_weights_with_other_values_are_other_images(tmp_path, tiny_m
 def test_top_up_draws_more_only_for_prompts_the_judge_found_no_aligned_image_for(tmp_path, tiny_model):
     """--top-up JUDGE (rejection sampling's top-up, #18): after -n 2 and a judge, -n 4 adds 2 images to each prompt
     whose first 2 all failed; a prompt with an aligned image gets none, and an unparseable verdict is not aligned."""
-    import pytest
-
-    from autofeedback.errors import InputError
-
     generate.run(_cfg(tmp_path, tiny_model))  # 3 prompts x 2
     with pytest.raises(InputError, match="autofeedback judge"):  # no verdicts yet: a clear error, nothing drawn
         generate.run(_cfg(tmp_path, tiny_model, images_per_prompt=4, top_up="shapes"))
