@@ -56,8 +56,7 @@ class GenerateConfig(StageConfig):
     width: int | None = Field(None, ge=8, description="image width (default: the model's)")
     batch_size: int = Field(32, ge=1, description="images per pipeline call, across prompts")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="weights dtype (bfloat16 is ~2x faster on CPUs with AMX/AVX512-BF16, and on GPUs)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (bfloat16 is ~2x faster on CPUs with AMX/AVX512-BF16, and on GPUs)")
     channels_last: bool = Field(True, description="channels-last memory format for the UNet and VAE (faster convs)")
     compile: bool = Field(False, description="torch.compile the UNet (pays a one-off compile; for long GPU runs)")
     vae_slicing: bool = Field(False, description="decode the VAE one image at a time (less memory for big batches)")
@@ -67,8 +66,9 @@ class GenerateConfig(StageConfig):
     negative_prompt: str | None = Field(None, description="negative prompt for every image")
     flush_every: int = Field(64, ge=1, description="write a shard at least every N images (the resume granularity)")
     progress: bool = Field(True, description="show a progress bar")
-    top_up: str | None = Field(None, description="only prompts none of whose images here this judge calls aligned "
-                               "(rejection sampling's top-up: -n 4, judge, -n 8 --top-up shapes: 4 more where 4 failed)")
+    top_up: str | None = Field(None, description="only prompts none of whose images here this judge calls aligned (rejection sampling's top-up: -n 4, judge, -n 8 --top-up shapes: 4 more where 4 failed)")
+    scheduler: str | None = Field(None, description="diffusers scheduler class to sample with, built from the model's "
+                                  "scheduler config (e.g. DPMSolverMultistepScheduler: DPM-Solver++, fewer steps)")
 
 
 class JudgeConfig(StageConfig):

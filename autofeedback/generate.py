@@ -9,6 +9,8 @@ Resume:  image_id = hash(model fingerprint, prompt_id, seed, sampler settings, L
          Each image's seed is derived from (base seed, prompt_id, index) and recorded: same seed, same pixels,
          whatever the batch or the number of processes (for the same torch build, device and thread count:
          float reductions may round differently across those).
+Sampler: the model's own scheduler, or --scheduler NAME (a diffusers class built from the model's scheduler
+         config, e.g. DPMSolverMultistepScheduler: DPM-Solver++ draws as well in fewer steps); recorded as `sampler`.
 Top-up:  --top-up JUDGE plans only the prompts none of whose images (of this plan) the judge calls aligned:
          after `-n 4` and a judge, `-n 8 --top-up shapes` draws 4 more images for the prompts whose 4 all failed.
 Scale:   under `accelerate launch` (processes, GPUs, nodes) the batches left to do are dealt round-robin
@@ -155,6 +157,17 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", lora:
     return pipe
 
 
+def scheduler_class(name: str):
+    """A diffusers scheduler class by name (--scheduler); an unknown name is an InputError listing the known ones."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None) if name.endswith("Scheduler") else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("Flax"))
+        raise InputError(f"--scheduler {name!r} is not a diffusers scheduler; one of: {', '.join(known)}")
+    return cls
+
+
 def png_bytes(array) -> bytes:
     from PIL import Image
 
@@ -170,6 +183,8 @@ def plan(cfg: GenerateConfig, prompt_table, fingerprint: str, size: tuple[int, i
                 "negative_prompt": cfg.negative_prompt}
     if cfg.dtype != "float32":  # other numerics, other pixels (float32 IDs stay as they were)
         settings["dtype"] = cfg.dtype
+    if cfg.scheduler:  # another sampler, other pixels (the model's own scheduler: IDs as they were)
+        settings["scheduler"] = cfg.scheduler
     lora_fp = model_fingerprint(cfg.lora) if cfg.lora else None
     todo = []
     for row in prompt_table.to_pylist():
@@ -189,6 +204,8 @@ def run(cfg: GenerateConfig) -> dict:
     check_model_path(cfg.model)
     if cfg.lora and not Path(cfg.lora).exists():
         raise InputError(f"LoRA weights not found: {cfg.lora}")
+    if cfg.scheduler:
+        scheduler_class(cfg.scheduler)
     fingerprint = model_fingerprint(cfg.model)
     images_path = tables.table_path(cfg.run_dir, "images")
     prompts_path = tables.table_path(cfg.run_dir, "prompts")
@@ -223,6 +240,8 @@ def run(cfg: GenerateConfig) -> dict:
             device = str(state.device) if state and cfg.device != "cpu" else cfg.device
             pipe = load_pipeline(cfg.model, device, cfg.dtype, cfg.lora, cfg.channels_last, cfg.compile,
                                  cfg.vae_slicing, cfg.vae_tiling)
+            if cfg.scheduler:
+                pipe.scheduler = scheduler_class(cfg.scheduler).from_config(pipe.scheduler.config)
             sampler = type(pipe.scheduler).__name__
             # 4. Generate in batches across prompts; write a shard every `flush_every` images.
             t0 = time.perf_counter()

@@ -66,7 +66,8 @@ def test_rerun_of_a_finished_stage_does_nothing(tmp_path, tiny_model):
 
 def test_changed_settings_are_new_work(tmp_path, tiny_model):
     ids = []
-    for kw in ({}, {"steps": 4}, {"guidance": 2.0}, {"seed": 1}, {"dtype": "bfloat16"}):
+    for kw in ({}, {"steps": 4}, {"guidance": 2.0}, {"seed": 1}, {"dtype": "bfloat16"},
+               {"scheduler": "DPMSolverMultistepScheduler"}):
         ids.append({p["image_id"] for p in generate.plan(_cfg(tmp_path, tiny_model, **kw),
                                                           generate.prompts_mod.load("shapes", limit=3),
                                                           generate.model_fingerprint(str(tiny_model)), (32, 32))})
@@ -100,6 +101,28 @@ def test_killed_generate_resumes_to_the_same_table(tmp_path, tiny_model):
     assert set(raw) == set(ref.column("image_id").to_pylist())
     ref_px = {r["image_id"]: _pixels(r) for r in ref.to_pylist()}
     assert all(np.array_equal(_pixels(r), ref_px[r["image_id"]]) for r in final.to_pylist())
+
+
+def test_scheduler_samples_with_another_diffusers_scheduler_from_the_models_config(tmp_path, tiny_model):
+    import torch
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+
+    generate.run(_cfg(tmp_path / "ddim", tiny_model, limit=1, images_per_prompt=1))
+    generate.run(_cfg(tmp_path / "dpm", tiny_model, limit=1, images_per_prompt=1,
+                      scheduler="DPMSolverMultistepScheduler"))
+    ddim, dpm = (tables.read(tmp_path / r / "images.parquet", "images").to_pylist()[0] for r in ("ddim", "dpm"))
+    assert dpm["sampler"] == "DPMSolverMultistepScheduler" and ddim["sampler"] == "DDIMScheduler"
+    assert dpm["image_id"] != ddim["image_id"] and not np.array_equal(_pixels(dpm), _pixels(ddim))
+    # the pixels are diffusers' DPM-Solver++ built from the model's scheduler config, at the recorded seed
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_model))
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(dpm["prompt"], num_inference_steps=3, guidance_scale=4.0, output_type="np",
+               generator=torch.Generator().manual_seed(dpm["seed"])).images[0]
+    assert np.abs((np.clip(out, 0, 1) * 255).round() - _pixels(dpm).astype(float)).max() <= 1
+    with pytest.raises(InputError, match="not a diffusers scheduler; one of: .*DDIMScheduler"):
+        generate.run(_cfg(tmp_path / "bad", tiny_model, scheduler="DDIMSchedular"))
+    assert not (tmp_path / "bad" / "images.parquet").exists()
 
 
 def test_vae_slicing_and_tiling_keep_the_table_valid(tmp_path, tiny_model):
