@@ -57,11 +57,23 @@ def test_main_job_small_runs_the_whole_loop_then_rerun_does_nothing(tmp_path):
     train = json.loads((run_dir / "rwr" / "train.json").read_text())
     assert train["config"]["split"] == "train" and train["config"]["train_text_encoder"] is True
     assert train["config"]["interpolate"] == 0.7 and train["interpolate"] == 0.7  # saved: base + 0.7 (tuned - base)
-    n_images = tables.read(run_dir / "images.parquet", "images").num_rows
-    assert n_images == 3 * 8 * 4
+    images = tables.read(run_dir / "images.parquet", "images").to_pylist()
+    assert {r["sampler"] for r in images} == {"DPMSolverMultistepScheduler"}
+    # the top-up: 4 more train images for each prompt none of whose first 4 the checker called aligned
+    verdicts = tables.read(run_dir / "judgments.parquet", "judgments").to_pylist()
+    aligned = {r["prompt_id"] for r in images for v in verdicts if v["image_ids"] == [r["image_id"]] and v["label"]}
+    train = [r for r in images if r["model"].endswith(MAIN_MODEL) and r["prompt_id"] in
+             {p["prompt_id"] for p in tables.read(run_dir / "prompts.parquet", "prompts").to_pylist()
+              if p["split"] == "train"}]
+    per_prompt = {pid: sum(r["prompt_id"] == pid for r in train) for pid in {r["prompt_id"] for r in train}}
+    assert len(per_prompt) == 8 and set(per_prompt.values()) <= {4, 8}
+    assert all(n == 8 for pid, n in per_prompt.items() if pid not in aligned)
+    assert all(pid in aligned for pid, n in per_prompt.items() if n == 4)
+    n_images = len(images)
+    assert n_images == 3 * 8 * 4 + 4 * sum(n == 8 for n in per_prompt.values())
     again = cli("run", "pipelines/shapes.yaml", "--run-dir", run_dir, *SMALL)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("0 new images") == 3 and again.stdout.count("0 requests this run") == 2, again.stdout
+    assert again.stdout.count("0 new images") == 4 and again.stdout.count("0 requests this run") == 3, again.stdout
     assert "resumed from" in again.stdout and "rwr step" not in again.stdout  # the finished checkpoint: no training
     assert tables.read(run_dir / "images.parquet", "images").num_rows == n_images
     # a later pipeline without an eval stage does not claim the report files an earlier eval left there
