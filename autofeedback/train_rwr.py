@@ -20,7 +20,8 @@ The regularizer keeps the model close to its pre-training distribution: Lee et a
 pre-training data; by default here it is the run's own images (the base model's samples), unweighted,
 or any images table given with --reg-images (e.g. a reference set). The anchor ties the model's
 predictions on those images to the reference model's (--anchor-model, default the model itself).
---interpolate A saves base + A * (tuned - base) (WiSE-FT; training.blend): the main job saves A = 0.7.
+--hindsight count also learns from the samples the judge rejected for their count alone, under its caption of what
+they show (`relabel`; the main job's recipe). --interpolate A saves base + A * (tuned - base) (WiSE-FT; training.blend): the main job saves A = 0.7.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
     if not tables.exists(jpath):
         raise InputError(f"{jpath}: no judgments; run `autofeedback judge {run_dir}` first")
     rows = tables.read(jpath, "judgments", columns=["judge", "mode", "prompt_id", "image_ids", "label", "score",
-                                                    "status"]).to_pylist()
+                                                    "status", "answers", "caption"]).to_pylist()
     rows = [r for r in rows if r["mode"] == "pointwise" and r["status"] == "ok"
             and (cfg.judge is None or r["judge"] == cfg.judge)]
     if not rows:
@@ -80,6 +81,8 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
     if not out:
         raise InputError(f"{jpath}: no judged images left after the filters (split={cfg.split!r}, "
                          f"images_model={cfg.images_model!r})")
+    if cfg.hindsight:
+        relabel(cfg, rows, out)
     if cfg.min_reward is not None:
         out = [x for x in out if x["reward"] >= cfg.min_reward]
         if not out:
@@ -87,6 +90,39 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
     if cfg.temperature is not None:
         prompt_weights(out, cfg.temperature)
     return out
+
+
+def relabel(cfg: TrainRWRConfig, rows: list[dict], samples: list[dict]) -> None:
+    """--hindsight CONCEPTS, in place: a sample the judge rejected only for these concepts is a right example of
+    what it shows, so it is learned from under the judge's caption of it, at reward 1 (hindsight relabeling, as
+    HER relabels goals; the judge as captioner, as DALL-E 3 recaptions). Never under the text of a prompt outside
+    the training split: held-out prompts stay unseen. Marks those samples "hindsight": True."""
+    if cfg.reward != "label":
+        raise InputError("--hindsight relabels the samples the judge rejected: it needs --reward label")
+    judges = sorted({r["judge"] for r in rows})
+    if len(judges) > 1:
+        raise InputError(f"--hindsight: judgments from several judges ({', '.join(judges)}); name one with --judge")
+    asked = {a["question"] for r in rows for a in r["answers"] or []}
+    if not set(cfg.hindsight) <= asked:
+        raise InputError(f"--hindsight {','.join(cfg.hindsight)}: judge {judges[0]!r} answers no such question "
+                         f"(its answers: {', '.join(sorted(asked)) or 'none'})")
+    if not any(r["caption"] for r in rows):
+        raise InputError(f"--hindsight: judge {judges[0]!r} wrote no captions; it needs a judge that says what each "
+                         "image shows (the shapes checker: --judge shapes; rows judged before it wrote captions: "
+                         "judge again in a new run)")
+    barred: set[str] = set()
+    if cfg.split is not None:
+        prompts = tables.read(tables.table_path(cfg.run_dir, "prompts"), "prompts", columns=["prompt", "split"])
+        barred = {p for p, s in zip(prompts.column("prompt").to_pylist(), prompts.column("split").to_pylist())
+                  if s != cfg.split}
+    by_id = {x["image_id"]: x for x in samples}
+    for r in rows:
+        x = by_id.get(r["image_ids"][0])
+        wrong = {a["question"] for a in r["answers"] or [] if not a["correct"]}
+        if x is None or r["label"] or not r["caption"] or r["caption"] in barred or not wrong:
+            continue
+        if wrong <= set(cfg.hindsight):
+            x.update(prompt=r["caption"], reward=1.0, hindsight=True)
 
 
 def prompt_weights(samples: list[dict], temperature: float) -> None:
@@ -139,7 +175,9 @@ def run(cfg: TrainRWRConfig) -> dict:
     mean_reward = float(np.mean([x["reward"] for x in samples]))
     # 2. Load the pipeline, resume.
     s = training.setup(cfg, need_reference=cfg.anchor_weight > 0)
+    relabeled = sum(bool(x.get("hindsight")) for x in samples)
     s.log(f"rwr: {len(samples)} rewarded samples (mean reward {mean_reward:.3f})"
+          + (f", {relabeled} of them under the judge's caption (--hindsight)" if cfg.hindsight else "")
           + (f", regularizer set {len(reg)} images" if use_reg else ", no regularizer"))
     probs = None
     if cfg.temperature is not None:  # sample by weight, every prompt equally; the loss is then unweighted

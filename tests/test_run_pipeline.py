@@ -57,6 +57,7 @@ def test_main_job_small_runs_the_whole_loop_then_rerun_does_nothing(tmp_path):
     train = json.loads((run_dir / "rwr" / "train.json").read_text())
     assert train["config"]["split"] == "train" and train["config"]["train_text_encoder"] is True
     assert train["config"]["interpolate"] == 0.7 and train["interpolate"] == 0.7  # saved: base + 0.7 (tuned - base)
+    assert train["config"]["hindsight"] == ["count"] and "under the judge's caption (--hindsight)" in p.stdout
     images = tables.read(run_dir / "images.parquet", "images").to_pylist()
     assert {r["sampler"] for r in images} == {"DPMSolverMultistepScheduler"}
     # the top-up: 4 more train images for each prompt none of whose first 4 the checker called aligned

@@ -1,7 +1,8 @@
 """The exact checker of the shapes world as a pointwise judge.
 
 label = aligned (all four concepts right), score = fraction of concepts right, answers = one entry
-per concept (expected vs read off the image). `shapes:graded` scores the same reading with graded
+per concept (expected vs read off the image), caption = the prompt of the scene the image shows (the
+checker as a captioner; None when it shows no one scene of the world: `train rwr --hindsight`). `shapes:graded` scores the same reading with graded
 credit instead (Verdict.credits: count error, share of the right color, a soft margin on each shape's
 fill / skew), so two misaligned images still differ -- a rounded square from a round blob -- and
 pairs by score margin and score-weighted training get a signal where binary labels give none.
@@ -70,11 +71,25 @@ class ShapesJudge:
             "label": verdict.aligned,
             "score": round(verdict.graded, 6) if self.graded else verdict.score,
             "answers": answers,
+            "caption": describe(reading),
             "rationale": "aligned" if not wrong else "wrong: " + "; ".join(wrong),
             "raw_response": json.dumps(raw),
             "details": json.dumps({**request.get("details", {}), "readable": reading.readable}),
         })
         return row
+
+
+def describe(reading: checker.Reading) -> str | None:
+    """The prompt of the scene an image shows, as the world words it; None when it shows no one scene (unreadable,
+    mixed shapes or colors, or a count the world has no prompt for)."""
+    if not reading.readable:
+        return None
+    try:
+        scene = Scene(count=reading.count, color=reading.majority("color"), shape=reading.majority("shape"),
+                      background=reading.background)
+    except (ValueError, TypeError):
+        return None
+    return scene.prompt
 
 
 def scene_of(prompt: str, metadata: dict) -> Scene:
