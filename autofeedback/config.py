@@ -186,7 +186,7 @@ class TrainRWRConfig(TrainConfig):
     min_reward: float | None = Field(None, description="learn only from samples whose reward is at least this (e.g. 1 "
                                                        "with --reward label: the aligned ones, rejection sampling as "
                                                        "in RAFT/ReST); prompts with none are left out")
-    hindsight: list[str] = Field([], description="with --reward label, also learn from each sample the judge rejected only for these concepts (judgments.answers, e.g. count), under the judge's caption of it (hindsight relabeling); never under a prompt of another split")
+    hindsight: list[str] = Field([], description="with --reward label, also learn from each sample the judge rejected only for these concepts (judgments.answers, e.g. count), under the judge's caption of it (hindsight relabeling) when that caption is a prompt of the run in --split")
     anchor_weight: float = Field(0.0, ge=0, description="KL to the reference on the regularizer images: this times "
                                                         "||v_model - v_reference||^2 (ties the model to the base "
                                                         "beyond the feedback)")

@@ -95,8 +95,8 @@ def load_rewards(cfg: TrainRWRConfig) -> list[dict]:
 def relabel(cfg: TrainRWRConfig, rows: list[dict], samples: list[dict]) -> None:
     """--hindsight CONCEPTS, in place: a sample the judge rejected only for these concepts is a right example of
     what it shows, so it is learned from under the judge's caption of it, at reward 1 (hindsight relabeling, as
-    HER relabels goals; the judge as captioner, as DALL-E 3 recaptions). Never under the text of a prompt outside
-    the training split: held-out prompts stay unseen. Marks those samples "hindsight": True."""
+    HER relabels goals; the judge as captioner, as DALL-E 3 recaptions). Only under a caption that is one of the
+    run's prompts of the training split: held-out prompts stay unseen. Marks those samples "hindsight": True."""
     if cfg.reward != "label":
         raise InputError("--hindsight relabels the samples the judge rejected: it needs --reward label")
     judges = sorted({r["judge"] for r in rows})
@@ -110,16 +110,17 @@ def relabel(cfg: TrainRWRConfig, rows: list[dict], samples: list[dict]) -> None:
         raise InputError(f"--hindsight: judge {judges[0]!r} wrote no captions; it needs a judge that says what each "
                          "image shows (the shapes checker: --judge shapes; rows judged before it wrote captions: "
                          "judge again in a new run)")
-    barred: set[str] = set()
-    if cfg.split is not None:
-        prompts = tables.read(tables.table_path(cfg.run_dir, "prompts"), "prompts", columns=["prompt", "split"])
-        barred = {p for p, s in zip(prompts.column("prompt").to_pylist(), prompts.column("split").to_pylist())
-                  if s != cfg.split}
+    # a caption is trained on only when it is the text of one of the run's prompts in --split: the run's prompts
+    # table need not hold the held-out prompts yet (the main job draws them after training), so barring those
+    # would let a caption that *is* a held-out prompt through
+    prompts = tables.read(tables.table_path(cfg.run_dir, "prompts"), "prompts", columns=["prompt", "split"])
+    allowed = {p for p, s in zip(prompts.column("prompt").to_pylist(), prompts.column("split").to_pylist())
+               if cfg.split is None or s == cfg.split}
     by_id = {x["image_id"]: x for x in samples}
     for r in rows:
         x = by_id.get(r["image_ids"][0])
         wrong = {a["question"] for a in r["answers"] or [] if not a["correct"]}
-        if x is None or r["label"] or not r["caption"] or r["caption"] in barred or not wrong:
+        if x is None or r["label"] or r["caption"] not in allowed or not wrong:
             continue
         if wrong <= set(cfg.hindsight):
             x.update(prompt=r["caption"], reward=1.0, hindsight=True)

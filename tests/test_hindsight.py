@@ -1,5 +1,6 @@
 """Hindsight relabeling (`train rwr --hindsight`, #18): the shapes judge's captions, and which rejected samples are
-learned from under them, on hand-built runs of rendered scenes (exact expected values)."""
+learned from under them, on hand-built runs of rendered scenes (exact expected values). A caption is learned under
+only when it is one of the run's prompts of the training split."""
 
 import io
 import json
@@ -14,6 +15,8 @@ from autofeedback.judges.shapes import ShapesJudge
 from autofeedback.shapes.world import Scene, parse_prompt, render
 
 ASKED = "two red squares on a blue background"      # the train prompt every image was drawn for
+FOUR = "four red squares on a blue background"      # train prompts the samples may show
+CIRCLES = "four red circles on a blue background"
 HELDOUT = "three red squares on a blue background"  # a held-out prompt
 
 
@@ -23,11 +26,14 @@ def _png(prompt: str, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _run(tmp_path, shows: dict[str, str]):
-    """A run whose images were all drawn for ASKED; each image shows the scene named in `shows`."""
+def _run(tmp_path, shows: dict[str, str], heldout_in_table: bool = True):
+    """A run whose images were all drawn for ASKED; each image shows the scene named in `shows`. Without
+    heldout_in_table the run's prompts table holds the train prompts only, as the main job's does when it trains
+    (its held-out prompts are drawn after training)."""
     run_dir = tmp_path / "run"
     prompts = []
-    for text, split in ((ASKED, "train"), (HELDOUT, "heldout")):
+    for text, split in ((ASKED, "train"), (FOUR, "train"), (CIRCLES, "train"), (HELDOUT, "heldout"))[
+            :None if heldout_in_table else 3]:
         prompts.append({"prompt_id": tables.prompt_id("shapes", text), "prompt": text, "split": split,
                         "suite": "shapes", "category": "count",
                         "metadata": json.dumps(parse_prompt(text).metadata())})
@@ -44,10 +50,11 @@ def _run(tmp_path, shows: dict[str, str]):
 
 SHOWS = {
     "right": ASKED,                                          # aligned: kept under its prompt
-    "count": "four red squares on a blue background",        # only the count wrong: relabeled
+    "count": FOUR,                                           # only the count wrong: relabeled
     "heldout": HELDOUT,                                      # only the count wrong, but that is a held-out prompt
     "color": "two green squares on a blue background",       # the color wrong
-    "count+shape": "four red circles on a blue background",  # the count and the shape wrong
+    "count+shape": CIRCLES,                                  # the count and the shape wrong
+    "off-suite": "four red squares on a green background",   # only the count wrong, but no prompt of the run
 }
 
 
@@ -57,9 +64,8 @@ def _cfg(run_dir, **kw):
 
 def test_the_shapes_judge_captions_what_the_image_shows():
     j = ShapesJudge()
-    request = {"prompt": ASKED, "images": [_png("four red squares on a blue background")]}
-    row = j.judge_one(request)
-    assert row["label"] is False and row["caption"] == "four red squares on a blue background"
+    row = j.judge_one({"prompt": ASKED, "images": [_png(FOUR)]})
+    assert row["label"] is False and row["caption"] == FOUR
     assert [a["question"] for a in row["answers"] if not a["correct"]] == ["count"]
     assert j.judge_one({"prompt": ASKED, "images": [_png(ASKED)]})["caption"] == ASKED
     assert j.judge_one({"prompt": "one red circle on a blue background",
@@ -76,19 +82,25 @@ def test_hindsight_relabels_only_samples_wrong_in_the_named_concepts(tmp_path):
     assert [(x["image_id"], x["prompt"]) for x in plain] == [("right", ASKED)]
     got = {x["image_id"]: (x["prompt"], x["reward"], x.get("hindsight", False))
            for x in train_rwr.load_rewards(_cfg(run_dir, hindsight=["count"]))}
-    assert got == {"right": (ASKED, 1.0, False),
-                   "count": ("four red squares on a blue background", 1.0, True)}
+    assert got == {"right": (ASKED, 1.0, False), "count": (FOUR, 1.0, True)}
     got = {x["image_id"]: x["prompt"] for x in train_rwr.load_rewards(_cfg(run_dir, hindsight=["count", "shape"]))}
-    assert got == {"right": ASKED, "count": "four red squares on a blue background",
-                   "count+shape": "four red circles on a blue background"}
-    # without a split there is no other split's prompt to keep out
+    assert got == {"right": ASKED, "count": FOUR, "count+shape": CIRCLES}
+    # without a split, any prompt of the run is a caption to learn under
     got = {x["image_id"]: x["prompt"] for x in train_rwr.load_rewards(
         TrainRWRConfig(run_dir=run_dir, model="unused", reward="label", min_reward=1, hindsight=["count"]))}
-    assert got["heldout"] == HELDOUT and "color" not in got
+    assert got == {"right": ASKED, "count": FOUR, "heldout": HELDOUT}
+
+
+def test_a_heldout_caption_is_not_learned_before_the_heldout_prompts_are_in_the_run(tmp_path):
+    """The main job trains before it draws the held-out prompts, so its prompts table does not list them yet: a
+    sample that shows a held-out scene must still not be learned under that prompt's text."""
+    run_dir = _run(tmp_path, SHOWS, heldout_in_table=False)
+    got = {x["image_id"]: x["prompt"] for x in train_rwr.load_rewards(_cfg(run_dir, hindsight=["count"]))}
+    assert got == {"right": ASKED, "count": FOUR}
 
 
 def test_hindsight_errors_say_what_is_missing(tmp_path):
-    run_dir = _run(tmp_path, {"right": ASKED, "count": "four red squares on a blue background"})
+    run_dir = _run(tmp_path, {"right": ASKED, "count": FOUR})
     with pytest.raises(InputError, match="needs --reward label"):
         train_rwr.load_rewards(TrainRWRConfig(run_dir=run_dir, model="unused", reward="score", hindsight=["count"]))
     with pytest.raises(InputError, match="answers no such question.*background, color, count, shape"):
