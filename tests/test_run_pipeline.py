@@ -96,7 +96,7 @@ def test_bad_override_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_main_job_end_to_end(tmp_path):
-    """The README's main job as a user runs it (about 18 minutes on 2 cores)."""
+    """The README's main job as a user runs it (about 17 minutes on 2 cores)."""
     p = cli("run", str(REPO / "pipelines" / "shapes.yaml"), "--run-dir", tmp_path / "run", timeout=2400)
     assert p.returncode == 0, p.stderr
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
