@@ -21,7 +21,8 @@ pre-training data; by default here it is the run's own images (the base model's 
 or any images table given with --reg-images (e.g. a reference set). The anchor ties the model's
 predictions on those images to the reference model's (--anchor-model, default the model itself).
 --hindsight count also learns from the samples the judge rejected for their count alone, under its caption of what
-they show (`relabel`; the main job's recipe). --interpolate A saves base + A * (tuned - base) (WiSE-FT; training.blend): the main job saves A = 0.7.
+they show (`relabel`; the main job's recipe).
+--interpolate A saves base + A * (tuned - base) (WiSE-FT; training.blend): the main job saves A = 0.7.
 """
 
 from __future__ import annotations

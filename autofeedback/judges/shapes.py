@@ -1,11 +1,11 @@
 """The exact checker of the shapes world as a pointwise judge.
 
-label = aligned (all four concepts right), score = fraction of concepts right, answers = one entry
-per concept (expected vs read off the image), caption = the prompt of the scene the image shows (the
-checker as a captioner; None when it shows no one scene of the world: `train rwr --hindsight`). `shapes:graded` scores the same reading with graded
-credit instead (Verdict.credits: count error, share of the right color, a soft margin on each shape's
-fill / skew), so two misaligned images still differ -- a rounded square from a round blob -- and
-pairs by score margin and score-weighted training get a signal where binary labels give none.
+label = aligned (all four concepts right), score = fraction of concepts right, answers = one entry per concept
+(expected vs read off the image), caption = the prompt of the scene the image shows (the checker as a
+captioner, for `train rwr --hindsight`; None when it shows no one scene of the world). `shapes:graded` scores
+the same reading with graded credit instead (Verdict.credits: count error, share of the right color, a soft
+margin on each shape's fill / skew), so two misaligned images still differ -- a rounded square from a round
+blob -- and pairs by score margin and score-weighted training get a signal where binary labels give none.
 A prompt that is not a shapes-world prompt, or an image that doesn't decode, is a row with
 status=error and the reason, never a guess.
 """
