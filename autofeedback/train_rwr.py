@@ -117,13 +117,13 @@ def relabel(cfg: TrainRWRConfig, rows: list[dict], samples: list[dict]) -> None:
     prompts = tables.read(tables.table_path(cfg.run_dir, "prompts"), "prompts", columns=["prompt", "split"])
     allowed = {p for p, s in zip(prompts.column("prompt").to_pylist(), prompts.column("split").to_pylist())
                if cfg.split is None or s == cfg.split}
-    by_id = {x["image_id"]: x for x in samples}
+    by_id, concepts = {x["image_id"]: x for x in samples}, set(cfg.hindsight)
     for r in rows:
         x = by_id.get(r["image_ids"][0])
         wrong = {a["question"] for a in r["answers"] or [] if not a["correct"]}
         if x is None or r["label"] or r["caption"] not in allowed or not wrong:
             continue
-        if wrong <= set(cfg.hindsight):
+        if wrong <= concepts:
             x.update(prompt=r["caption"], reward=1.0, hindsight=True)
 
 
